@@ -1,0 +1,376 @@
+"""TOML config -> frozen dataclasses. Every problem names the file, the key path and the reason."""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .cron import CronError, parse_cron
+from .errors import ConfigError
+from .model import RepoSpec
+
+DEFAULT_API = "https://api.github.com"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MODES = ("ff-only", "reset")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SLUG_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    state_dir: str
+    log_level: str = "info"
+    workers: int = 4
+    timezone: Optional[str] = None  # None: the machine's
+    max_backoff: float = 600.0
+    history_days: int = 30
+
+
+@dataclass(frozen=True)
+class GitHubSettings:
+    api_url: str = DEFAULT_API
+    token_env: Optional[str] = None
+    token_file: Optional[str] = None
+    token: Optional[str] = field(default=None, repr=False)
+    token_note: str = ""  # where the token came from, or why there is none
+
+    @property
+    def web_url(self) -> str:
+        """The web/git host for this API: https://github.com/ or https://HOST/ for Enterprise."""
+        m = re.match(r"^(https?://)([^/]+)", self.api_url)
+        if not m:
+            return ""
+        host = m.group(2)
+        if host == "api.github.com":
+            host = "github.com"
+        elif host.startswith("api."):
+            host = host[4:]
+        return f"{m.group(1)}{host}/"
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    host: str
+    port: int
+    secret_env: Optional[str] = None
+    secret_file: Optional[str] = None
+    insecure_no_secret: bool = False
+    max_body: int = 1024 * 1024
+    secret: Optional[str] = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    agent: AgentSettings
+    github: GitHubSettings
+    webhook: Optional[WebhookSettings]
+    repos: tuple
+
+    def repo(self, name: str) -> Optional[RepoSpec]:
+        return next((r for r in self.repos if r.name == name), None)
+
+    def secrets(self) -> tuple:
+        """Every secret value the agent holds, for redaction."""
+        vals = [self.github.token, self.webhook.secret if self.webhook else None]
+        return tuple(v for v in vals if v)
+
+
+def parse_duration(text) -> Optional[float]:
+    """`30s`, `5m`, `1h`, `1d`, `1h30m` -> seconds; None when not a duration."""
+    if not isinstance(text, str):
+        return None
+    m = DURATION_RE.match(text.strip())
+    if not m or not text.strip() or not any(m.groups()):
+        return None
+    d, h, mi, s = (int(x or 0) for x in m.groups())
+    return float(d * 86400 + h * 3600 + mi * 60 + s)
+
+
+class _Problems:
+    def __init__(self, fname):
+        self.fname = fname
+        self.items = []
+
+    def add(self, key, reason):
+        self.items.append(f"{self.fname}: {key}: {reason}")
+
+
+_TYPES = {str: "a string", int: "a whole number", bool: "true or false", float: "a number", list: "an array"}
+
+
+def _get(p, table, key, path, kinds, default=None):
+    """Read table[key] if it has one of `kinds`; else record a problem and return default."""
+    if key not in table:
+        return default
+    v = table[key]
+    ok = any(isinstance(v, k) and not (k in (int, float) and isinstance(v, bool)) for k in kinds)
+    if not ok:
+        want = " or ".join(_TYPES.get(k, k.__name__) for k in kinds)
+        p.add(path, f"want {want}, got {type(v).__name__} {_show(v)}")
+        return default
+    return v
+
+
+def _show(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _unknown(p, table, known, prefix, hints=None):
+    for k in table:
+        if k not in known:
+            hint = (hints or {}).get(k) or _did_you_mean(k, known)
+            p.add(f"{prefix}{k}", "unknown key" + (f" ({hint})" if hint else ""))
+
+
+def _did_you_mean(k, known):
+    import difflib
+    close = difflib.get_close_matches(k, list(known), n=1, cutoff=0.7)
+    return f"did you mean `{close[0]}`?" if close else ""
+
+
+def _resolve_path(base_dir, value):
+    value = os.path.expanduser(value)
+    return os.path.normpath(value if os.path.isabs(value) else os.path.join(base_dir, value))
+
+
+def _read_secret_file(p, key, path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            v = f.read().strip()
+    except OSError as e:
+        p.add(key, f"cannot read {path}: {e.strerror}")
+        return None
+    if not v:
+        p.add(key, f"{path} is empty")
+    return v or None
+
+
+def load_config(path: str, environ=None) -> Config:
+    """Read and validate the config file; raise ConfigError listing every problem."""
+    env = os.environ if environ is None else environ
+    fname = path
+    p = _Problems(fname)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError([f"{fname}: cannot read the config file: no such file"]) from None
+    except OSError as e:
+        raise ConfigError([f"{fname}: cannot read the config file: {e.strerror}"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{fname}: TOML syntax error: {e}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{fname}: TOML syntax error: the file is not UTF-8"]) from None
+    base = os.path.dirname(os.path.abspath(path))
+
+    known_tables = {"agent", "github", "webhook", "repos"}
+    _unknown(p, data, known_tables, "")
+    tables = {}
+    for t in ("agent", "github", "webhook"):
+        v = data.get(t, {})
+        if not isinstance(v, dict):
+            p.add(t, "want a table")
+            v = {}
+        tables[t] = v
+
+    agent = _load_agent(p, tables["agent"], base)
+    github = _load_github(p, tables["github"], base, env)
+    webhook = _load_webhook(p, tables["webhook"], base, env) if "webhook" in data else None
+    repos = _load_repos(p, data.get("repos"), base, agent)
+    if p.items:
+        raise ConfigError(p.items)
+    return Config(path=os.path.abspath(path), agent=agent, github=github, webhook=webhook, repos=repos)
+
+
+def _load_agent(p, t, base) -> AgentSettings:
+    pre = "agent."
+    _unknown(p, t, {"state_dir", "log_level", "workers", "timezone", "max_backoff", "history_days"}, pre)
+    state_dir = _resolve_path(base, _get(p, t, "state_dir", pre + "state_dir", [str], ".sync-agent"))
+    level = _get(p, t, "log_level", pre + "log_level", [str], "info").lower()
+    if level not in LOG_LEVELS:
+        p.add(pre + "log_level", f"want one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    workers = _get(p, t, "workers", pre + "workers", [int], 4)
+    if not 1 <= workers <= 64:
+        p.add(pre + "workers", f"want 1 to 64, got {workers}")
+    tz = _get(p, t, "timezone", pre + "timezone", [str], None)
+    if tz is not None:
+        try:
+            import zoneinfo
+            zoneinfo.ZoneInfo(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            p.add(pre + "timezone", f"unknown time zone {tz!r} (want a name like Europe/Berlin or UTC)")
+            tz = None
+    mb_text = _get(p, t, "max_backoff", pre + "max_backoff", [str], "10m")
+    max_backoff = parse_duration(mb_text)
+    if max_backoff is None or max_backoff < 1:
+        p.add(pre + "max_backoff", f"want a duration like \"10m\", got {mb_text!r}")
+        max_backoff = 600.0
+    days = _get(p, t, "history_days", pre + "history_days", [int], 30)
+    if days < 1:
+        p.add(pre + "history_days", f"want at least 1, got {days}")
+    return AgentSettings(state_dir=state_dir, log_level=level if level in LOG_LEVELS else "info",
+                         workers=workers, timezone=tz, max_backoff=max_backoff, history_days=days)
+
+
+def _load_github(p, t, base, env) -> GitHubSettings:
+    pre = "github."
+    hints = {"token": "put the token in an environment variable (token_env) or a file (token_file), "
+                      "never in the config"}
+    _unknown(p, t, {"api_url", "token_env", "token_file"}, pre, hints)
+    api = _get(p, t, "api_url", pre + "api_url", [str], DEFAULT_API).rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", api):
+        p.add(pre + "api_url", f"want an http(s) URL like {DEFAULT_API}, got {api!r}")
+    tenv = _get(p, t, "token_env", pre + "token_env", [str], None)
+    tfile = _get(p, t, "token_file", pre + "token_file", [str], None)
+    if tenv and tfile:
+        p.add(pre + "token_file", "set token_env or token_file, not both")
+    token, note = None, ""
+    if tfile:
+        tfile = _resolve_path(base, tfile)
+        token = _read_secret_file(p, pre + "token_file", tfile)
+        note = f"token from file {tfile}"
+    elif tenv:
+        token = env.get(tenv) or None
+        note = f"token from ${tenv}" if token else f"${tenv} is not set: asking without a token"
+    elif env.get("GITHUB_TOKEN"):
+        token, note = env["GITHUB_TOKEN"], "token from $GITHUB_TOKEN"
+    else:
+        note = "no token: asking without one"
+    return GitHubSettings(api_url=api, token_env=tenv, token_file=tfile, token=token, token_note=note)
+
+
+def _load_webhook(p, t, base, env) -> Optional[WebhookSettings]:
+    pre = "webhook."
+    _unknown(p, t, {"listen", "secret_env", "secret_file", "insecure_no_secret", "max_body"}, pre,
+             {"secret": "put the secret in an environment variable (secret_env) or a file (secret_file)"})
+    listen = _get(p, t, "listen", pre + "listen", [str], None)
+    host, port = "127.0.0.1", 0
+    if listen is None:
+        p.add(pre + "listen", "required when [webhook] is present (HOST:PORT or PORT)")
+    else:
+        m = re.fullmatch(r"(?:\[?([^\]]*)\]?:)?(\d{1,5})", listen.strip())
+        if not m or not 0 < int(m.group(2)) < 65536:
+            p.add(pre + "listen", f"want HOST:PORT like 127.0.0.1:8080, got {listen!r}")
+        else:
+            host, port = (m.group(1) or "127.0.0.1"), int(m.group(2))
+    senv = _get(p, t, "secret_env", pre + "secret_env", [str], None)
+    sfile = _get(p, t, "secret_file", pre + "secret_file", [str], None)
+    insecure = _get(p, t, "insecure_no_secret", pre + "insecure_no_secret", [bool], False)
+    max_body = _get(p, t, "max_body", pre + "max_body", [int], 1024 * 1024)
+    if not 1024 <= max_body <= 64 * 1024 * 1024:
+        p.add(pre + "max_body", f"want 1024 to 67108864 bytes, got {max_body}")
+    secret = None
+    if senv and sfile:
+        p.add(pre + "secret_file", "set secret_env or secret_file, not both")
+    elif sfile:
+        sfile = _resolve_path(base, sfile)
+        secret = _read_secret_file(p, pre + "secret_file", sfile)
+    elif senv:
+        secret = env.get(senv) or None
+        if not secret and not insecure:
+            p.add(pre + "secret_env", f"${senv} is not set (the listener refuses to start without a secret)")
+    elif not insecure:
+        p.add(pre + "secret_env", "a webhook secret is required (secret_env or secret_file), "
+                                  "or insecure_no_secret = true")
+    return WebhookSettings(host=host, port=port, secret_env=senv, secret_file=sfile,
+                           insecure_no_secret=insecure, max_body=max_body, secret=secret)
+
+
+REPO_KEYS = {"name", "github", "branch", "path", "url", "every", "schedule", "mode", "on_change", "hook_timeout"}
+
+
+def _load_repos(p, repos, base, agent) -> tuple:
+    if repos is None:
+        p.add("repos", "no [[repos]] entries: nothing to sync")
+        return ()
+    if not isinstance(repos, list) or not all(isinstance(r, dict) for r in repos):
+        p.add("repos", "want [[repos]] tables")
+        return ()
+    out, names, paths = [], {}, {}
+    for i, r in enumerate(repos):
+        spec = _load_repo(p, r, f"repos[{i}]", base, agent)
+        if spec is None:
+            continue
+        if spec.name in names:
+            p.add(f"repos[{i}].name", f"duplicate name {spec.name!r} (also repos[{names[spec.name]}])")
+        names.setdefault(spec.name, i)
+        if spec.path in paths:
+            p.add(f"repos[{i}].path", f"{spec.path} is also the path of repos[{paths[spec.path]}]")
+        paths.setdefault(spec.path, i)
+        out.append(spec)
+    return tuple(out)
+
+
+def _load_repo(p, r, pre, base, agent) -> Optional[RepoSpec]:
+    n0 = len(p.items)
+    _unknown(p, r, REPO_KEYS, pre + ".")
+    slug = _get(p, r, "github", pre + ".github", [str], None)
+    url = _get(p, r, "url", pre + ".url", [str], None)
+    if slug is not None and not SLUG_RE.match(slug):
+        p.add(pre + ".github", f"want owner/repo, got {slug!r}")
+    if slug is None and url is None:
+        p.add(pre, "needs `github = \"owner/repo\"` or a git `url`")
+    if url is not None and (not url.strip() or url.startswith("-") or any(c in url for c in "\n\r\0 ")):
+        p.add(pre + ".url", f"not a git URL: {url!r}")
+    default_name = (slug or url or "").rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    default_name = default_name[:-4] if default_name.endswith(".git") else default_name
+    name = _get(p, r, "name", pre + ".name", [str], default_name)
+    if not NAME_RE.match(name or "") or name in (".", ".."):
+        p.add(pre + ".name", f"{name!r} is not a usable name (letters, digits, . _ -, not starting with . or -)")
+    branch = _get(p, r, "branch", pre + ".branch", [str], None)
+    if branch is not None and not _valid_branch(branch):
+        p.add(pre + ".branch", f"{branch!r} is not a valid branch name")
+    path = _get(p, r, "path", pre + ".path", [str], None)
+    if path is None:
+        p.add(pre + ".path", "required: the local checkout to keep in step")
+    elif not path.strip():
+        p.add(pre + ".path", "must not be empty")
+    every_text = _get(p, r, "every", pre + ".every", [str], None)
+    schedule = _get(p, r, "schedule", pre + ".schedule", [str], None)
+    every = None
+    if every_text is not None and schedule is not None:
+        p.add(pre + ".schedule", "set `every` or `schedule`, not both")
+    if every_text is not None:
+        every = parse_duration(every_text)
+        if every is None:
+            p.add(pre + ".every", f"want an interval like \"30s\", \"5m\", \"1h\", \"1d\", got {every_text!r}")
+        elif every < 1:
+            p.add(pre + ".every", "must be at least 1s")
+    if schedule is not None:
+        try:
+            parse_cron(schedule, agent.timezone or "UTC")
+        except CronError as e:
+            p.add(pre + ".schedule", f"bad cron expression {schedule!r}: {e}")
+    if every_text is None and schedule is None:
+        every = 300.0
+    mode = _get(p, r, "mode", pre + ".mode", [str], "ff-only")
+    if mode not in MODES:
+        p.add(pre + ".mode", f"want \"ff-only\" or \"reset\", got {mode!r}")
+    hook = _get(p, r, "on_change", pre + ".on_change", [str, list], None)
+    if isinstance(hook, list):
+        if not hook or not all(isinstance(a, str) for a in hook):
+            p.add(pre + ".on_change", "an array must hold the command and its arguments as strings")
+        hook = tuple(hook)
+    elif isinstance(hook, str) and not hook.strip():
+        p.add(pre + ".on_change", "must not be empty")
+    timeout = _get(p, r, "hook_timeout", pre + ".hook_timeout", [int, float], 300)
+    if not 0 < timeout <= 86400:
+        p.add(pre + ".hook_timeout", f"want seconds between 0 and 86400, got {timeout}")
+    if len(p.items) > n0:
+        return None
+    return RepoSpec(name=name, path=_resolve_path(base, path), source="github" if slug else "git", slug=slug,
+                    branch=branch, url=url, every=every, schedule=schedule, mode=mode, on_change=hook,
+                    hook_timeout=float(timeout))
+
+
+def _valid_branch(b: str) -> bool:
+    if not b or b.startswith(("-", "/")) or b.endswith(("/", ".", ".lock")) or ".." in b or "//" in b:
+        return False
+    if b.startswith("refs/") or b == "@" or "@{" in b:
+        return False
+    return not re.search(r"[\x00-\x20\x7f~^:?*\[\\]", b)

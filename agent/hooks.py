@@ -1,0 +1,58 @@
+"""Run a repo's on_change command after the checkout moved (SPEC section 8)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from .git import redact
+from .model import HookRun
+
+TAIL = 2000  # characters of output kept
+
+
+def run_hook(spec, branch, old_sha, new_sha, trigger, secrets=(), drop_env=()) -> HookRun:
+    """Run on_change in the checkout: argv (no shell) for an array, `sh -c` for a string.
+
+    Nothing from a webhook reaches the command but the trigger word; the agent's own secrets are
+    taken out of its environment.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in drop_env and not k.startswith("SYNC_AGENT_")}
+    env.update({
+        "SYNC_AGENT_REPO": spec.name, "SYNC_AGENT_BRANCH": branch, "SYNC_AGENT_PATH": spec.path,
+        "SYNC_AGENT_OLD_SHA": old_sha or "", "SYNC_AGENT_NEW_SHA": new_sha or "", "SYNC_AGENT_TRIGGER": trigger,
+    })
+    argv = list(spec.on_change) if isinstance(spec.on_change, tuple) else ["sh", "-c", spec.on_change]
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(argv, cwd=spec.path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as e:
+        return HookRun(None, time.monotonic() - t0, "", error=f"cannot start {argv[0]!r}: {e.strerror}")
+    try:
+        out, _ = proc.communicate(timeout=spec.hook_timeout)
+        error = None
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        try:
+            out, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # a grandchild left the group and holds the pipe
+            out = b""
+        error = f"killed after the hook_timeout of {spec.hook_timeout:g} s"
+    text = redact(out.decode("utf-8", "replace"), secrets)[-TAIL:]
+    return HookRun(proc.returncode if error is None else None, time.monotonic() - t0, text, error)
+
+
+def _kill_group(proc):
+    """TERM the hook's whole process group, then KILL what is left after 5 s."""
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -1,0 +1,162 @@
+"""One check of one repo: read local and remote, decide (decide.py), act, report an Outcome."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from .checkout import Checkout, place_of, same_repository
+from .decide import Action, Facts, Place, Relation, plan_sync
+from .errors import AgentError, ForgeError
+from .hooks import run_hook
+from .model import BLOCKED, CLONED, ERROR, RESET, UP_TO_DATE, UPDATED, Outcome
+
+log = logging.getLogger("sync_agent.sync")
+
+
+@dataclass
+class Memo:
+    """What a repo's runner remembers between checks (in memory; etag and remote sha also on disk)."""
+
+    etag: Optional[str] = None
+    remote_sha: Optional[str] = None
+    branch: Optional[str] = None  # the default branch, once asked
+    clone_url: Optional[str] = None
+    origin_checked: bool = False
+    fetched: Optional[str] = None  # the remote sha we last fetched: its objects are here
+    key: tuple = ()  # the repo settings this memo belongs to
+
+
+def sync_repo(spec, source, memo: Memo, trigger: str, secrets=(), drop_env=(), via_fetch=False) -> Outcome:
+    """Check one repo and bring its checkout in step; never raises for an expected failure.
+
+    via_fetch: skip the API and let `git fetch` tell the remote head (a verified webhook delivery).
+    """
+    t0 = time.monotonic()
+    try:
+        out = _sync(spec, source, memo, trigger, secrets, drop_env, via_fetch)
+    except (AgentError, OSError) as e:
+        out = Outcome(ERROR, detail=_one_line(e))
+    except Exception as e:  # noqa: BLE001 - a check must not kill its runner; say what broke
+        log.debug("unexpected failure in a check of %s", spec.name, exc_info=True)
+        out = Outcome(ERROR, detail=f"internal error: {type(e).__name__}: {_one_line(e)}")
+    out.seconds = time.monotonic() - t0
+    if out.etag is None:
+        out.etag = memo.etag
+    return out
+
+
+def _sync(spec, source, memo, trigger, secrets, drop_env, via_fetch) -> Outcome:
+    co = Checkout(spec.path, secrets)
+    place = place_of(spec.path)
+    branch = spec.branch or memo.branch
+    remote_error = None
+    retry_at = None
+    head = None
+    if branch is None:
+        try:
+            facts = source.describe(spec)
+            memo.branch, memo.clone_url = facts["default_branch"], facts["clone_url"]
+            branch = memo.branch
+        except ForgeError as e:
+            return Outcome(ERROR, detail=str(e))
+    if not via_fetch or place is Place.ABSENT:
+        try:
+            head = source.head(spec, branch, memo.etag, memo.remote_sha)
+            memo.etag, memo.remote_sha = head.etag, head.sha
+        except ForgeError as e:
+            remote_error = str(e)
+            retry_at = getattr(e, "until", None)
+    local, on = (None, None)
+    if place is Place.CHECKOUT:
+        local, head_branch = co.read_head()
+        on = head_branch == branch
+    facts = Facts(place=place, mode=spec.mode, local=local, remote=head.sha if head else None,
+                  remote_error=remote_error, on_branch=bool(on))
+    plan = plan_sync(facts)
+    if plan.action is not Action.NOTHING and place is Place.CHECKOUT and not memo.origin_checked:
+        facts = replace(facts, place=_verify_origin(co, spec, source, memo, branch))
+        plan = plan_sync(facts)
+    remote_sha = facts.remote
+    while True:
+        a = plan.action
+        if a is Action.CLONE:
+            url = _clone_url(spec, source, memo)
+            sha = co.clone(url, branch, env=source.git_env(url))
+            memo.origin_checked, memo.fetched = True, sha
+            return _moved(spec, branch, Outcome(CLONED, None, sha, remote_sha or sha), trigger, secrets, drop_env)
+        if a is Action.FAIL:
+            extra = {"retry_at": retry_at} if retry_at else {}
+            return Outcome(ERROR, local, local, remote_sha, detail=plan.reason, extra=extra)
+        if a is Action.NOTHING:
+            detail = ""
+            if plan.reason == "ahead":
+                detail = f"ahead {co.count_commits(facts.remote, facts.local)}"
+            return Outcome(UP_TO_DATE, local, local, remote_sha, detail=detail)
+        if a is Action.BLOCK:
+            return Outcome(BLOCKED, local, local, remote_sha, detail=plan.reason)
+        if a is Action.FETCH:
+            fetched = _fetch(co, spec, source, memo, branch, remote_sha)
+            if fetched is None:
+                return Outcome(ERROR, local, local, None, detail=f"branch {branch!r} not found on the remote")
+            remote_sha = fetched
+            if via_fetch:
+                memo.remote_sha = fetched
+            rel = co.relation(local, fetched)
+            dirty = co.is_dirty() if spec.mode == "reset" and rel is not Relation.EQUAL else False
+            facts = replace(facts, remote=fetched, relation=rel, dirty=dirty)
+            plan = plan_sync(facts)
+            continue
+        if a is Action.FAST_FORWARD:
+            refusal = co.fast_forward(remote_sha)
+            if refusal:
+                return Outcome(BLOCKED, local, local, remote_sha, detail=refusal)
+            return _moved(spec, branch, Outcome(UPDATED, local, remote_sha, remote_sha), trigger, secrets,
+                          drop_env)
+        if a is Action.RESET:
+            saved = co.save_and_reset(local, remote_sha, facts.dirty)
+            out = Outcome(RESET, local, remote_sha, remote_sha, detail=plan.reason, backup=saved or None)
+            return _moved(spec, branch, out, trigger, secrets, drop_env)
+        raise AssertionError(f"unhandled plan {plan}")
+
+
+def _verify_origin(co, spec, source, memo, branch) -> Place:
+    """CHECKOUT when the checkout's origin is this repository, else FOREIGN."""
+    origin = co.origin_url()
+    expected = spec.url or memo.clone_url or (spec.slug or "")
+    if origin and expected and not same_repository(origin, expected):
+        return Place.FOREIGN
+    memo.origin_checked = True
+    return Place.CHECKOUT
+
+
+def _fetch(co, spec, source, memo, branch, remote_sha):
+    if remote_sha is not None and memo.fetched == remote_sha:
+        return remote_sha  # fetched before: the objects are here, no need to ask again
+    where = spec.url or "origin"
+    url = spec.url or co.origin_url() or ""
+    sha = co.fetch(where, branch, env=source.git_env(url))
+    memo.fetched = sha
+    return sha
+
+
+def _clone_url(spec, source, memo) -> str:
+    if spec.url:
+        return spec.url
+    if not memo.clone_url:
+        facts = source.describe(spec)
+        memo.clone_url = facts["clone_url"]
+        memo.branch = memo.branch or facts["default_branch"]
+    return memo.clone_url
+
+
+def _moved(spec, branch, out: Outcome, trigger, secrets, drop_env) -> Outcome:
+    if spec.on_change:
+        out.hook = run_hook(spec, branch, out.old_sha, out.new_sha, trigger, secrets, drop_env)
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
