@@ -38,6 +38,19 @@ def same_repository(url_a: str, url_b: str) -> bool:
     return _repo_name(url_a) == _repo_name(url_b)
 
 
+def normalise_url(url: str) -> str:
+    """host/path of a git URL, lower-cased, without scheme, user, port or `.git`: for comparing."""
+    import re
+
+    u = url.strip().lower()
+    u = re.sub(r"^[a-z+]+://", "", u)
+    u = re.sub(r"^[^@/]*@", "", u)
+    u = re.sub(r"^([^/:]+):(\d+)/", r"\1/", u)  # host:port/
+    u = u.replace(":", "/", 1) if "/" not in u.split(":", 1)[0] and ":" in u else u  # scp-like
+    u = u.rstrip("/")
+    return u[:-4] if u.endswith(".git") else u
+
+
 def _repo_name(url: str) -> str:
     tail = url.rstrip("/").replace(":", "/").rsplit("/", 1)[-1]
     return (tail[:-4] if tail.endswith(".git") else tail).lower()

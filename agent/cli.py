@@ -88,6 +88,7 @@ def cmd_run(config, args) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     log.info("sync-agent %s starting: %d repos, state in %s", __version__, len(config.repos),
              config.agent.state_dir)
+    listener = _start_listener(agent, config)
     agent.start()
     last_prune = 0.0
     try:
@@ -96,7 +97,12 @@ def cmd_run(config, args) -> int:
             if events["reload"].is_set():
                 events["reload"].clear()
                 events["stop"].clear()
-                config = _reload(agent, config, args)
+                new = _reload(agent, config, args)
+                if new.webhook != config.webhook:
+                    if listener:
+                        listener.stop()
+                    listener = _start_listener(agent, new, fatal=False)
+                config = new
                 continue
             if events["stop"].is_set():
                 break
@@ -105,10 +111,30 @@ def cmd_run(config, args) -> int:
                 agent.state.prune(config.agent.history_days)
     finally:
         log.info("stopping: finishing running checks")
+        if listener:
+            listener.stop()
         agent.stop()
         lock.release()
     log.info("stopped")
     return 0
+
+
+def _start_listener(agent, config, fatal=True):
+    from .listener import Listener
+
+    if config.webhook is None:
+        return None
+    if not config.webhook.secret:
+        log.warning("webhook listener without a secret (insecure_no_secret = true): anyone who can reach "
+                    "it can ask for checks")
+    try:
+        return Listener(agent, config.webhook, lambda: status_report(agent.config, agent.state)).start()
+    except OSError as e:
+        if fatal:
+            agent.stop()
+            raise AgentError(str(e)) from None
+        log.error("reload: the webhook listener could not start: %s", e)
+        return None
 
 
 def _reload(agent, config, args):

@@ -13,6 +13,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from .github import GitHubForge
 from .gitsource import GitSource
 from .locks import repo_lock
+from .metrics import Metrics
 from .errors import LockedError, RateLimitedError
 from .model import ERROR, Outcome, short
 from .schedule import RepoRunner, backoff_delay, checks_per_hour, make_trigger
@@ -38,10 +39,11 @@ def drop_env(config) -> tuple:
 class Checker:
     """Runs one check of one repo under its lock and records it; shared by `run` and `check`."""
 
-    def __init__(self, config, state, sources):
+    def __init__(self, config, state, sources, metrics=None):
         self.config = config
         self.state = state
         self.sources = sources
+        self.metrics = metrics
         self.memos = {}
         self._lock = threading.Lock()
 
@@ -74,6 +76,8 @@ class Checker:
     def record(self, spec, out, trigger, next_run=None):
         branch = spec.branch or self.memo(spec).branch
         fails = self.state.record(spec, branch, out, trigger, time.time())
+        if self.metrics is not None:
+            self.metrics.observe_check(spec, out, trigger)
         if next_run is not None:
             self.state.set_next_run(spec.name, next_run)
         _log_check(spec, out, trigger, fails)
@@ -109,7 +113,8 @@ class Agent:
     def __init__(self, config):
         self.config = config
         self.state = State(config.agent.state_dir)
-        self.checker = Checker(config, self.state, build_sources(config))
+        self.metrics = Metrics(lambda: self.checker.sources)
+        self.checker = Checker(config, self.state, build_sources(config), self.metrics)
         self.pool = ThreadPoolExecutor(max_workers=config.agent.workers, thread_name_prefix="check")
         self.scheduler = BackgroundScheduler(
             timezone=config.agent.timezone or _local_tz(),
@@ -149,6 +154,10 @@ class Agent:
             return False
         runner.request(trigger, via_fetch)
         return True
+
+    def branch_of(self, spec):
+        """The branch a repo follows: configured, or the default branch once learnt."""
+        return spec.branch or self.checker.memo(spec).branch
 
     def reload(self, config):
         """Apply a new, already validated config: repos added, removed or changed."""
