@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from .httpserver import HttpServer, Limits, Response
 from .metrics import CONTENT_TYPE
+from .page import render_page
 from .webhook import WebhookApp
 
 log = logging.getLogger("sync_agent.webhook")
-ROUTES = {"/webhook": "POST", "/healthz": "GET", "/status": "GET", "/metrics": "GET"}
+ROUTES = {"/webhook": "POST", "/healthz": "GET", "/status": "GET", "/metrics": "GET", "/": "GET"}
+TIMELINE = 60  # checks per repo drawn on the page
 
 
 class Listener:
@@ -26,7 +29,7 @@ class Listener:
 
     def start(self):
         self.server.start()
-        log.info("listening on http://%s:%d (POST /webhook, GET /healthz /status /metrics)",
+        log.info("listening on http://%s:%d (POST /webhook, GET / /healthz /status /metrics)",
                  self.settings.host, self.server.port)
         return self
 
@@ -56,6 +59,11 @@ class Listener:
             return _json(200 if ok else 503, {"ok": ok})
         if req.path == "/status":
             return _json(200, self.status_fn())
+        if req.path == "/":
+            report = self.status_fn()
+            page = render_page(report, lambda name: self.agent.state.history(name, TIMELINE),
+                               time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+            return Response(200, page, "text/html; charset=utf-8")
         if req.path == "/metrics":
             return Response(200, self.agent.metrics.render(), CONTENT_TYPE)
         return _json(404, {"error": "no such path"})
