@@ -45,6 +45,7 @@ def build_parser():
     h.add_argument("name", nargs="?", metavar="NAME")
     h.add_argument("--limit", type=int, default=20, metavar="N", help="at most N entries (default 20)")
     h.add_argument("--json", action="store_true", help="as JSON")
+    sub.add_parser("notify-test", parents=[common], help="send a test message to every notification target")
     return p
 
 
@@ -152,11 +153,12 @@ def _reload(agent, config, args):
 
 # ---- check ----------------------------------------------------------------------------------
 def cmd_check(config, args) -> int:
-    from .daemon import Checker, build_sources
+    from .daemon import Checker, build_sources, make_notifier
 
     specs = _pick(config, args.names)
     state = State(config.agent.state_dir)
-    checker = Checker(config, state, build_sources(config))
+    notifier = make_notifier(config)
+    checker = Checker(config, state, build_sources(config), notifier=notifier)
 
     def one(spec):
         out = checker.check(spec, "manual")
@@ -171,7 +173,27 @@ def cmd_check(config, args) -> int:
                 line += f"; {out.hook.describe()}"
             print(line, flush=True)
             bad += out.result not in OK_RESULTS
+    if notifier is not None:
+        notifier.flush()
+        notifier.close()
     state.close()
+    return 1 if bad else 0
+
+
+# ---- notify-test ----------------------------------------------------------------------------
+def cmd_notify_test(config, args) -> int:
+    from .notify import send_now
+
+    if not config.notify:
+        print("no [[notify]] targets configured")
+        return 1
+    host = os.uname().nodename
+    bad = 0
+    for t in config.notify:
+        ok, why = send_now(t, "sync-agent: test message",
+                           f"A test message from sync-agent on {host} ({config.path}). Events: {', '.join(t.on)}.")
+        print(f"{t.label}: {'sent' if ok else 'FAILED: ' + why}", flush=True)
+        bad += not ok
     return 1 if bad else 0
 
 
@@ -285,4 +307,4 @@ def _show_hook(h):
 
 
 COMMANDS = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "validate": cmd_validate,
-            "history": cmd_history}
+            "history": cmd_history, "notify-test": cmd_notify_test}

@@ -62,6 +62,27 @@ class WebhookSettings:
     secret: Optional[str] = field(default=None, repr=False)
 
 
+NOTIFY_EVENTS = ("updated", "cloned", "reset", "blocked", "error", "recovered", "hook_failed")
+NOTIFY_DEFAULT_ON = ("updated", "blocked", "error", "recovered")
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """One `[[notify]]` table. The URLs carry tokens: never shown, only their schemes."""
+
+    index: int
+    urls: tuple = field(repr=False, default=())
+    urls_env: Optional[str] = None
+    on: tuple = NOTIFY_DEFAULT_ON
+    repos: Optional[tuple] = None
+    failures_before_alert: int = 3
+
+    @property
+    def label(self) -> str:
+        schemes = sorted({u.split("://", 1)[0] for u in self.urls})
+        return f"notify[{self.index}] ({', '.join(schemes) or 'no URL'})"
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
@@ -69,6 +90,7 @@ class Config:
     github: GitHubSettings
     webhook: Optional[WebhookSettings]
     repos: tuple
+    notify: tuple = ()
 
     def repo(self, name: str) -> Optional[RepoSpec]:
         return next((r for r in self.repos if r.name == name), None)
@@ -76,6 +98,7 @@ class Config:
     def secrets(self) -> tuple:
         """Every secret value the agent holds, for redaction."""
         vals = [self.github.token, self.webhook.secret if self.webhook else None]
+        vals += [u for t in self.notify for u in t.urls]
         return tuple(v for v in vals if v)
 
 
@@ -168,7 +191,7 @@ def load_config(path: str, environ=None) -> Config:
         raise ConfigError([f"{fname}: TOML syntax error: the file is not UTF-8"]) from None
     base = os.path.dirname(os.path.abspath(path))
 
-    known_tables = {"agent", "github", "webhook", "repos"}
+    known_tables = {"agent", "github", "webhook", "repos", "notify"}
     _unknown(p, data, known_tables, "")
     tables = {}
     for t in ("agent", "github", "webhook"):
@@ -182,9 +205,64 @@ def load_config(path: str, environ=None) -> Config:
     github = _load_github(p, tables["github"], base, env)
     webhook = _load_webhook(p, tables["webhook"], base, env) if "webhook" in data else None
     repos = _load_repos(p, data.get("repos"), base, agent)
+    notify = _load_notify(p, data.get("notify"), {r.name for r in repos}, env)
     if p.items:
         raise ConfigError(p.items)
-    return Config(path=os.path.abspath(path), agent=agent, github=github, webhook=webhook, repos=repos)
+    return Config(path=os.path.abspath(path), agent=agent, github=github, webhook=webhook, repos=repos,
+                  notify=notify)
+
+
+def _load_notify(p, tables, names, env) -> tuple:
+    if tables is None:
+        return ()
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        p.add("notify", "want [[notify]] tables")
+        return ()
+    out = []
+    for i, t in enumerate(tables):
+        pre = f"notify[{i}]."
+        n0 = len(p.items)
+        _unknown(p, t, {"urls", "urls_env", "on", "repos", "failures_before_alert"}, pre)
+        urls = _get(p, t, "urls", pre + "urls", [list, str], [])
+        urls = [urls] if isinstance(urls, str) else urls
+        if not all(isinstance(u, str) for u in urls):
+            p.add(pre + "urls", "want an array of apprise URLs (strings)")
+            urls = []
+        uenv = _get(p, t, "urls_env", pre + "urls_env", [str], None)
+        if uenv:
+            from_env = (env.get(uenv) or "").split()
+            if not from_env:
+                p.add(pre + "urls_env", f"${uenv} is not set or empty")
+            urls = list(urls) + from_env
+        elif not urls:
+            p.add(pre + "urls", "give apprise URLs in `urls`, or `urls_env` naming an environment variable")
+        for u in urls:
+            if "://" not in u:
+                p.add(pre + ("urls_env" if uenv and u not in (t.get("urls") or []) else "urls"),
+                      f"not an apprise URL (scheme://...): {u.split(':', 1)[0][:20]!r}...")
+        if urls and len(p.items) == n0:
+            from .notify import unusable_urls
+
+            for j in unusable_urls(urls):
+                p.add(pre + "urls", f"URL {j + 1} is not one apprise can send to (scheme "
+                                    f"{urls[j].split('://', 1)[0][:12]!r})")
+        on = _get(p, t, "on", pre + "on", [list], list(NOTIFY_DEFAULT_ON))
+        bad = [e for e in on if e not in NOTIFY_EVENTS]
+        if bad or not all(isinstance(e, str) for e in on):
+            p.add(pre + "on", f"unknown events {bad!r}; want any of {', '.join(NOTIFY_EVENTS)}")
+        repos = _get(p, t, "repos", pre + "repos", [list], None)
+        if repos is not None:
+            unknown = [r for r in repos if r not in names]
+            if unknown:
+                p.add(pre + "repos", f"no repo named {', '.join(map(repr, unknown))}")
+        fba = _get(p, t, "failures_before_alert", pre + "failures_before_alert", [int], 3)
+        if fba < 1:
+            p.add(pre + "failures_before_alert", f"want at least 1, got {fba}")
+        if len(p.items) == n0:
+            out.append(NotifyTarget(index=i, urls=tuple(urls), urls_env=uenv, on=tuple(on),
+                                    repos=tuple(repos) if repos is not None else None,
+                                    failures_before_alert=fba))
+    return tuple(out)
 
 
 def _load_agent(p, t, base) -> AgentSettings:

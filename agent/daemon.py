@@ -28,22 +28,32 @@ def build_sources(config) -> dict:
     return {"github": GitHubForge(config.github), "git": GitSource()}
 
 
+def make_notifier(config):
+    if not config.notify:
+        return None
+    from .notify import Notifier
+
+    return Notifier(config.notify, config.secrets())
+
+
 def drop_env(config) -> tuple:
     """Environment variables that hold our secrets: hooks do not inherit them."""
     names = [config.github.token_env, "GITHUB_TOKEN"]
     if config.webhook:
         names.append(config.webhook.secret_env)
+    names += [t.urls_env for t in config.notify]
     return tuple(n for n in names if n)
 
 
 class Checker:
     """Runs one check of one repo under its lock and records it; shared by `run` and `check`."""
 
-    def __init__(self, config, state, sources, metrics=None):
+    def __init__(self, config, state, sources, metrics=None, notifier=None):
         self.config = config
         self.state = state
         self.sources = sources
         self.metrics = metrics
+        self.notifier = notifier
         self.memos = {}
         self._lock = threading.Lock()
 
@@ -78,6 +88,8 @@ class Checker:
         fails = self.state.record(spec, branch, out, trigger, time.time())
         if self.metrics is not None:
             self.metrics.observe_check(spec, out, trigger)
+        if self.notifier is not None:
+            self.notifier.after_check(spec, branch, out, trigger, fails)
         if next_run is not None:
             self.state.set_next_run(spec.name, next_run)
         _log_check(spec, out, trigger, fails)
@@ -113,8 +125,9 @@ class Agent:
     def __init__(self, config):
         self.config = config
         self.state = State(config.agent.state_dir)
-        self.metrics = Metrics(lambda: self.checker.sources)
-        self.checker = Checker(config, self.state, build_sources(config), self.metrics)
+        self.notifier = make_notifier(config)
+        self.metrics = Metrics(lambda: self.checker.sources, lambda: self.checker.notifier)
+        self.checker = Checker(config, self.state, build_sources(config), self.metrics, self.notifier)
         self.pool = ThreadPoolExecutor(max_workers=config.agent.workers, thread_name_prefix="check")
         self.scheduler = BackgroundScheduler(
             timezone=config.agent.timezone or _local_tz(),
@@ -141,6 +154,8 @@ class Agent:
         except Exception:  # noqa: BLE001 - not running
             pass
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.checker.notifier is not None:
+            self.checker.notifier.close()
         self.state.close()
 
     def healthy(self) -> bool:
@@ -168,6 +183,10 @@ class Agent:
         self.checker.config = config
         if config.github != old.github:
             self.checker.sources = build_sources(config)
+        if config.notify != old.notify:
+            if self.checker.notifier is not None:
+                self.checker.notifier.close()
+            self.checker.notifier = make_notifier(config)
         new = {s.name: s for s in config.repos}
         for name in list(self.runners):
             if name not in new:

@@ -47,3 +47,5 @@ def setup_logging(level="info", fmt="text", secrets=()):
     # Libraries' debug chatter (request dumps) stays out of our log whatever our level.
     for noisy in ("github", "urllib3", "apscheduler", "tzlocal"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # apprise may name parts of a notification URL (tokens); we log results ourselves.
+    logging.getLogger("apprise").setLevel(logging.CRITICAL + 1)

@@ -8,7 +8,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    def __init__(self, sources_fn):
+    def __init__(self, sources_fn, notifier_fn=lambda: None):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.checks = Counter("sync_agent_checks", "Checks by repo, trigger and result",
@@ -22,7 +22,7 @@ class Metrics:
                                      registry=r)
         for outcome in ("nudged", "ignored", "duplicate", "rejected"):
             self.nudges.labels(outcome)
-        r.register(_ForgeCollector(sources_fn))
+        r.register(_ForgeCollector(sources_fn, notifier_fn))
 
     def observe_check(self, spec, out, trigger):
         self.checks.labels(spec.name, trigger, out.result).inc()
@@ -35,9 +35,9 @@ class Metrics:
 
 
 class _ForgeCollector:
-    """Reads the forge adapters' own counters at scrape time."""
+    """Reads the forge adapters' and the notifier's own counters at scrape time."""
 
-    def __init__(self, sources_fn):
+    def __init__(self, sources_fn, notifier_fn=lambda: None):
         self.sources_fn = sources_fn
 
     def describe(self):
@@ -58,3 +58,8 @@ class _ForgeCollector:
                 left.add_metric([src.kind], src.rate_remaining)
         yield req
         yield left
+        sent = CounterMetricFamily("sync_agent_notifications", "Notifications by result", labels=["result"])
+        n = self.notifier_fn()
+        for key in ("sent", "failed", "dropped"):
+            sent.add_metric([key], getattr(n, key, 0) if n is not None else 0)
+        yield sent
