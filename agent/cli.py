@@ -91,6 +91,7 @@ def cmd_run(config, args) -> int:
              config.agent.state_dir)
     listener = _start_listener(agent, config)
     agent.start()
+    relays = _start_relays(agent, config)
     last_prune = 0.0
     try:
         while True:
@@ -103,6 +104,10 @@ def cmd_run(config, args) -> int:
                     if listener:
                         listener.stop()
                     listener = _start_listener(agent, new, fatal=False)
+                if new.webhook != config.webhook or new.relays != config.relays:
+                    for r in relays:
+                        r.stop()
+                    relays = _start_relays(agent, new)
                 config = new
                 continue
             if events["stop"].is_set():
@@ -112,6 +117,8 @@ def cmd_run(config, args) -> int:
                 agent.state.prune(config.agent.history_days)
     finally:
         log.info("stopping: finishing running checks")
+        for r in relays:
+            r.stop()
         if listener:
             listener.stop()
         agent.stop()
@@ -120,10 +127,20 @@ def cmd_run(config, args) -> int:
     return 0
 
 
+def _start_relays(agent, config):
+    from .relay import RelayClient
+
+    def check_all():
+        for spec in agent.config.repos:
+            agent.nudge(spec.name, "relay", via_fetch=False)
+
+    return [RelayClient(url, agent.webhook_app, check_all, i).start() for i, url in enumerate(config.relays)]
+
+
 def _start_listener(agent, config, fatal=True):
     from .listener import Listener
 
-    if config.webhook is None:
+    if config.webhook is None or config.webhook.port is None:
         return None
     if not config.webhook.secret:
         log.warning("webhook listener without a secret (insecure_no_secret = true): anyone who can reach "
@@ -216,7 +233,7 @@ def status_report(config, state) -> dict:
         r = rows.get(spec.name, {})
         item = {k: r.get(k) for k in STATUS_FIELDS}
         item.update(name=spec.name, branch=spec.branch or r.get("branch"), path=spec.path,
-                    source=spec.slug if spec.source == "github" else spec.url,
+                    source=f"{spec.source}:{spec.slug}" if spec.slug else spec.url,
                     failures_in_a_row=r.get("failures_in_a_row") or 0)
         item["schedule"] = spec.describe_schedule
         out.append(item)
@@ -289,11 +306,15 @@ def cmd_validate(config, args) -> int:
     tz = config.agent.timezone or _local_tz()
     now = datetime.now(timezone.utc)
     print(f"{config.path}: ok, {len(config.repos)} repos; state in {config.agent.state_dir}")
-    print(f"GitHub API {config.github.api_url} ({config.github.token_note})")
-    if config.webhook:
+    for kind in sorted({s.source for s in config.repos} - {"git"}):
+        f = config.forges[kind]
+        print(f"{kind} API {f.api_url} ({f.token_note})")
+    if config.webhook and config.webhook.port:
         print(f"webhook listener on {config.webhook.host}:{config.webhook.port}")
+    if config.relays:
+        print(f"{len(config.relays)} relay subscription(s)")
     for spec in config.repos:
-        src = f"github {spec.slug}" if spec.source == "github" else f"git {spec.url}"
+        src = f"{spec.source} {spec.slug}" if spec.slug else f"git {spec.url}"
         first = next_runs(make_trigger(spec, tz, now), 1, now)
         when = first[0].astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z") if first else "never"
         print(f"  {spec.name}: {src} branch {spec.branch or '(default)'} -> {spec.path}")

@@ -12,6 +12,9 @@ from .errors import ConfigError
 from .model import RepoSpec
 
 DEFAULT_API = "https://api.github.com"
+# forge key in [[repos]] and its table: default API base (None: required when used)
+FORGE_APIS = {"github": DEFAULT_API, "gitee": "https://gitee.com/api/v5", "gitlab": "https://gitlab.com/api/v4",
+              "gitea": None}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MODES = ("ff-only", "reset")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -30,8 +33,11 @@ class AgentSettings:
 
 
 @dataclass(frozen=True)
-class GitHubSettings:
-    api_url: str = DEFAULT_API
+class ForgeSettings:
+    """A forge's API table ([github], [gitee], [gitlab], [gitea])."""
+
+    kind: str = "github"
+    api_url: Optional[str] = DEFAULT_API
     token_env: Optional[str] = None
     token_file: Optional[str] = None
     token: Optional[str] = field(default=None, repr=False)
@@ -39,22 +45,21 @@ class GitHubSettings:
 
     @property
     def web_url(self) -> str:
-        """The web/git host for this API: https://github.com/ or https://HOST/ for Enterprise."""
-        m = re.match(r"^(https?://)([^/]+)", self.api_url)
+        """The web/git host for this API: https://github.com/, https://HOST/ for Enterprise and the rest."""
+        m = re.match(r"^(https?://)([^/]+)", self.api_url or "")
         if not m:
             return ""
         host = m.group(2)
         if host == "api.github.com":
             host = "github.com"
-        elif host.startswith("api."):
-            host = host[4:]
         return f"{m.group(1)}{host}/"
+
 
 
 @dataclass(frozen=True)
 class WebhookSettings:
-    host: str
-    port: int
+    host: Optional[str]  # None: no listener (the table only holds the secret, for relays)
+    port: Optional[int]
     secret_env: Optional[str] = None
     secret_file: Optional[str] = None
     insecure_no_secret: bool = False
@@ -87,17 +92,20 @@ class NotifyTarget:
 class Config:
     path: str
     agent: AgentSettings
-    github: GitHubSettings
+    github: ForgeSettings
     webhook: Optional[WebhookSettings]
     repos: tuple
     notify: tuple = ()
+    forges: dict = field(default_factory=dict)  # kind -> ForgeSettings, github included
+    relays: tuple = field(default=(), repr=False)  # SSE channel URLs (capabilities: not shown)
 
     def repo(self, name: str) -> Optional[RepoSpec]:
         return next((r for r in self.repos if r.name == name), None)
 
     def secrets(self) -> tuple:
         """Every secret value the agent holds, for redaction."""
-        vals = [self.github.token, self.webhook.secret if self.webhook else None]
+        vals = [f.token for f in self.forges.values()] + [self.github.token]
+        vals.append(self.webhook.secret if self.webhook else None)
         vals += [u for t in self.notify for u in t.urls]
         return tuple(v for v in vals if v)
 
@@ -191,10 +199,10 @@ def load_config(path: str, environ=None) -> Config:
         raise ConfigError([f"{fname}: TOML syntax error: the file is not UTF-8"]) from None
     base = os.path.dirname(os.path.abspath(path))
 
-    known_tables = {"agent", "github", "webhook", "repos", "notify"}
+    known_tables = {"agent", "webhook", "repos", "notify", "relay", *FORGE_APIS}
     _unknown(p, data, known_tables, "")
     tables = {}
-    for t in ("agent", "github", "webhook"):
+    for t in ("agent", "webhook", *FORGE_APIS):
         v = data.get(t, {})
         if not isinstance(v, dict):
             p.add(t, "want a table")
@@ -202,14 +210,43 @@ def load_config(path: str, environ=None) -> Config:
         tables[t] = v
 
     agent = _load_agent(p, tables["agent"], base)
-    github = _load_github(p, tables["github"], base, env)
-    webhook = _load_webhook(p, tables["webhook"], base, env) if "webhook" in data else None
+    forges = {k: _load_forge(p, k, tables[k], base, env) for k in FORGE_APIS}
+    relays = _load_relay(p, data.get("relay"))
+    webhook = _load_webhook(p, tables["webhook"], base, env, bool(relays)) if "webhook" in data else None
+    if relays and webhook is None:
+        p.add("relay", "relayed deliveries are verified with the [webhook] secret: add [webhook] with "
+                       "secret_env or secret_file (listen is optional), or insecure_no_secret = true")
     repos = _load_repos(p, data.get("repos"), base, agent)
+    for kind in ("gitee", "gitlab", "gitea"):
+        users = [r.name for r in repos if r.source == kind]
+        if users and not forges[kind].api_url:
+            p.add(f"{kind}.api_url", f"required: repos {', '.join(users)} use {kind}")
     notify = _load_notify(p, data.get("notify"), {r.name for r in repos}, env)
     if p.items:
         raise ConfigError(p.items)
-    return Config(path=os.path.abspath(path), agent=agent, github=github, webhook=webhook, repos=repos,
-                  notify=notify)
+    return Config(path=os.path.abspath(path), agent=agent, github=forges["github"], webhook=webhook, repos=repos,
+                  notify=notify, forges=forges, relays=relays)
+
+
+def _load_relay(p, t) -> tuple:
+    if t is None:
+        return ()
+    if not isinstance(t, dict):
+        p.add("relay", "want a table with `url`")
+        return ()
+    _unknown(p, t, {"url"}, "relay.")
+    urls = _get(p, t, "url", "relay.url", [str, list], None)
+    if urls is None:
+        p.add("relay.url", "required: the relay channel URL (https://smee.io/..., or an array of them)")
+        return ()
+    urls = [urls] if isinstance(urls, str) else urls
+    good = []
+    for i, u in enumerate(urls):
+        if not isinstance(u, str) or not re.match(r"^https?://[^/\s]+/?\S*$", u):
+            p.add(f"relay.url[{i}]", "want an http(s) URL of a relay channel")
+        else:
+            good.append(u)
+    return tuple(good)
 
 
 def _load_notify(p, tables, names, env) -> tuple:
@@ -295,14 +332,16 @@ def _load_agent(p, t, base) -> AgentSettings:
                          workers=workers, timezone=tz, max_backoff=max_backoff, history_days=days)
 
 
-def _load_github(p, t, base, env) -> GitHubSettings:
-    pre = "github."
+def _load_forge(p, kind, t, base, env) -> ForgeSettings:
+    pre = f"{kind}."
     hints = {"token": "put the token in an environment variable (token_env) or a file (token_file), "
                       "never in the config"}
     _unknown(p, t, {"api_url", "token_env", "token_file"}, pre, hints)
-    api = _get(p, t, "api_url", pre + "api_url", [str], DEFAULT_API).rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", api):
-        p.add(pre + "api_url", f"want an http(s) URL like {DEFAULT_API}, got {api!r}")
+    api = _get(p, t, "api_url", pre + "api_url", [str], FORGE_APIS[kind])
+    api = api.rstrip("/") if api else None
+    if api is not None and not re.match(r"^https?://[^/\s]+", api):
+        p.add(pre + "api_url", f"want an http(s) URL like {FORGE_APIS[kind] or 'https://HOST/api/v1'}, "
+                               f"got {api!r}")
     tenv = _get(p, t, "token_env", pre + "token_env", [str], None)
     tfile = _get(p, t, "token_file", pre + "token_file", [str], None)
     if tenv and tfile:
@@ -315,21 +354,22 @@ def _load_github(p, t, base, env) -> GitHubSettings:
     elif tenv:
         token = env.get(tenv) or None
         note = f"token from ${tenv}" if token else f"${tenv} is not set: asking without a token"
-    elif env.get("GITHUB_TOKEN"):
+    elif kind == "github" and env.get("GITHUB_TOKEN"):
         token, note = env["GITHUB_TOKEN"], "token from $GITHUB_TOKEN"
     else:
         note = "no token: asking without one"
-    return GitHubSettings(api_url=api, token_env=tenv, token_file=tfile, token=token, token_note=note)
+    return ForgeSettings(kind=kind, api_url=api, token_env=tenv, token_file=tfile, token=token, token_note=note)
 
 
-def _load_webhook(p, t, base, env) -> Optional[WebhookSettings]:
+def _load_webhook(p, t, base, env, relays=False) -> Optional[WebhookSettings]:
     pre = "webhook."
     _unknown(p, t, {"listen", "secret_env", "secret_file", "insecure_no_secret", "max_body"}, pre,
              {"secret": "put the secret in an environment variable (secret_env) or a file (secret_file)"})
     listen = _get(p, t, "listen", pre + "listen", [str], None)
-    host, port = "127.0.0.1", 0
+    host, port = None, None
     if listen is None:
-        p.add(pre + "listen", "required when [webhook] is present (HOST:PORT or PORT)")
+        if not relays:
+            p.add(pre + "listen", "required when [webhook] is present (HOST:PORT or PORT)")
     else:
         m = re.fullmatch(r"(?:\[?([^\]]*)\]?:)?(\d{1,5})", listen.strip())
         if not m or not 0 < int(m.group(2)) < 65536:
@@ -359,7 +399,8 @@ def _load_webhook(p, t, base, env) -> Optional[WebhookSettings]:
                            insecure_no_secret=insecure, max_body=max_body, secret=secret)
 
 
-REPO_KEYS = {"name", "github", "branch", "path", "url", "every", "schedule", "mode", "on_change", "hook_timeout"}
+REPO_KEYS = {"name", "branch", "path", "url", "every", "schedule", "mode", "on_change", "hook_timeout", *FORGE_APIS}
+GITLAB_PATH_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")
 
 
 def _load_repos(p, repos, base, agent) -> tuple:
@@ -387,12 +428,16 @@ def _load_repos(p, repos, base, agent) -> tuple:
 def _load_repo(p, r, pre, base, agent) -> Optional[RepoSpec]:
     n0 = len(p.items)
     _unknown(p, r, REPO_KEYS, pre + ".")
-    slug = _get(p, r, "github", pre + ".github", [str], None)
+    kinds = [k for k in FORGE_APIS if k in r]
+    if len(kinds) > 1:
+        p.add(f"{pre}.{kinds[1]}", f"at most one forge key per repo (also {kinds[0]})")
+    source = kinds[0] if kinds else "git"
+    slug = _get(p, r, source, f"{pre}.{source}", [str], None) if kinds else None
     url = _get(p, r, "url", pre + ".url", [str], None)
-    if slug is not None and not SLUG_RE.match(slug):
-        p.add(pre + ".github", f"want owner/repo, got {slug!r}")
+    if slug is not None and not (GITLAB_PATH_RE if source == "gitlab" else SLUG_RE).match(slug):
+        p.add(f"{pre}.{source}", f"want {'group/project' if source == 'gitlab' else 'owner/repo'}, got {slug!r}")
     if slug is None and url is None:
-        p.add(pre, "needs `github = \"owner/repo\"` or a git `url`")
+        p.add(pre, "needs `github = \"owner/repo\"` (or gitee, gitlab, gitea) or a git `url`")
     if url is not None and (not url.strip() or url.startswith("-") or any(c in url for c in "\n\r\0 ")):
         p.add(pre + ".url", f"not a git URL: {url!r}")
     default_name = (slug or url or "").rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
@@ -441,7 +486,7 @@ def _load_repo(p, r, pre, base, agent) -> Optional[RepoSpec]:
         p.add(pre + ".hook_timeout", f"want seconds between 0 and 86400, got {timeout}")
     if len(p.items) > n0:
         return None
-    return RepoSpec(name=name, path=_resolve_path(base, path), source="github" if slug else "git", slug=slug,
+    return RepoSpec(name=name, path=_resolve_path(base, path), source=source, slug=slug,
                     branch=branch, url=url, every=every, schedule=schedule, mode=mode, on_change=hook,
                     hook_timeout=float(timeout))
 

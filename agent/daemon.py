@@ -14,6 +14,7 @@ from .github import GitHubForge
 from .gitsource import GitSource
 from .locks import repo_lock
 from .metrics import Metrics
+from .webhook import WebhookApp
 from .errors import LockedError, RateLimitedError
 from .model import ERROR, Outcome, short
 from .schedule import RepoRunner, backoff_delay, checks_per_hour, make_trigger
@@ -133,6 +134,7 @@ class Agent:
             timezone=config.agent.timezone or _local_tz(),
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         self.runners = {}
+        self.webhook_app = self._make_app()
         self.started = False
         self._stopping = False
 
@@ -170,6 +172,12 @@ class Agent:
         runner.request(trigger, via_fetch)
         return True
 
+    def _make_app(self):
+        """The delivery handler shared by the listener and the relays (one replay memory)."""
+        secret = self.config.webhook.secret if self.config.webhook else None
+        return WebhookApp(secret, lambda: self.config.repos, self.branch_of,
+                          lambda name, trigger: self.nudge(name, trigger, via_fetch=True))
+
     def branch_of(self, spec):
         """The branch a repo follows: configured, or the default branch once learnt."""
         return spec.branch or self.checker.memo(spec).branch
@@ -181,6 +189,8 @@ class Agent:
             log.warning("reload: state_dir and workers changes take effect at the next restart")
         self.config = config
         self.checker.config = config
+        if config.webhook != old.webhook:
+            self.webhook_app = self._make_app()
         if config.github != old.github:
             self.checker.sources = build_sources(config)
         if config.notify != old.notify:

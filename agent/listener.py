@@ -8,7 +8,6 @@ import time
 from .httpserver import HttpServer, Limits, Response
 from .metrics import CONTENT_TYPE
 from .page import render_page
-from .webhook import WebhookApp
 
 log = logging.getLogger("sync_agent.webhook")
 ROUTES = {"/webhook": "POST", "/healthz": "GET", "/status": "GET", "/metrics": "GET", "/": "GET"}
@@ -22,8 +21,7 @@ class Listener:
         self.agent = agent
         self.settings = settings
         self.status_fn = status_fn
-        self.app = WebhookApp(settings.secret, lambda: agent.config.repos, agent.branch_of,
-                              lambda name: agent.nudge(name, "webhook", via_fetch=True))
+        self.app = agent.webhook_app
         self.server = HttpServer(settings.host, settings.port, self.handle,
                                  Limits(max_body=settings.max_body), early=self.early)
 

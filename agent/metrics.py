@@ -37,8 +37,9 @@ class Metrics:
 class _ForgeCollector:
     """Reads the forge adapters' and the notifier's own counters at scrape time."""
 
-    def __init__(self, sources_fn, notifier_fn=lambda: None):
+    def __init__(self, sources_fn, notifier_fn):
         self.sources_fn = sources_fn
+        self.notifier_fn = notifier_fn
 
     def describe(self):
         return []

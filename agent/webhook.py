@@ -4,10 +4,12 @@ Pure functions and a small app object; the HTTP plumbing lives in httpserver.py.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
@@ -15,6 +17,7 @@ from typing import Optional
 from .checkout import normalise_url
 
 REPLAY_MEMORY = 10000  # delivery ids remembered
+GITEE_WINDOW_MS = 5 * 60 * 1000  # how old a Gitee signature's timestamp may be
 
 
 def verify_github(secret: bytes, body: bytes, header: Optional[str]) -> bool:
@@ -23,6 +26,83 @@ def verify_github(secret: bytes, body: bytes, header: Optional[str]) -> bool:
         return False
     want = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(want.encode(), header.strip().lower().encode())
+
+
+def verify_gitea(secret: bytes, body: bytes, header: Optional[str]) -> bool:
+    """X-Gitea-Signature / X-Forgejo-Signature: hex HMAC-SHA256 of the body, no prefix."""
+    if not header:
+        return False
+    want = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(want.encode(), header.strip().lower().encode())
+
+
+def verify_token(secret: bytes, header: Optional[str]) -> bool:
+    """GitLab's X-Gitlab-Token (and Gitee's password mode): the secret itself, compared in constant time."""
+    return bool(header) and hmac.compare_digest(secret, header.encode())
+
+
+def verify_gitee(secret: bytes, token: Optional[str], timestamp: Optional[str], now_ms: float) -> bool:
+    """X-Gitee-Token: the password itself, or base64(HMAC-SHA256(secret, f"{ts}\\n{secret}")) with a recent
+    X-Gitee-Timestamp (the signature does not cover the body, so an old one must not be replayed)."""
+    if not token:
+        return False
+    if verify_token(secret, token):
+        return True
+    if not timestamp or not timestamp.isdigit() or abs(now_ms - int(timestamp)) > GITEE_WINDOW_MS:
+        return False
+    mac = hmac.new(secret, timestamp.encode() + b"\n" + secret, hashlib.sha256).digest()
+    return hmac.compare_digest(base64.b64encode(mac), token.strip().encode())
+
+
+def forge_of(headers: dict) -> str:
+    """Which forge sent a delivery, from its headers (Gitea also sends GitHub's, so it goes first)."""
+    if "x-gitea-event" in headers or "x-forgejo-event" in headers or "x-gitea-signature" in headers \
+            or "x-forgejo-signature" in headers:
+        return "gitea"
+    if "x-gitlab-event" in headers or "x-gitlab-token" in headers:
+        return "gitlab"
+    if "x-gitee-event" in headers or "x-gitee-token" in headers:
+        return "gitee"
+    return "github"
+
+
+def authentic(forge: str, secret: bytes, headers: dict, body: bytes, now_ms: float) -> Optional[str]:
+    """None when the delivery proves it knows the secret; else what is wrong with it."""
+    if forge == "gitea":
+        sig = headers.get("x-gitea-signature") or headers.get("x-forgejo-signature")
+        return None if verify_gitea(secret, body, sig) else ("bad" if sig else "missing") + " X-Gitea-Signature"
+    if forge == "gitlab":
+        tok = headers.get("x-gitlab-token")
+        return None if verify_token(secret, tok) else ("bad" if tok else "missing") + " X-Gitlab-Token"
+    if forge == "gitee":
+        tok = headers.get("x-gitee-token")
+        ok = verify_gitee(secret, tok, headers.get("x-gitee-timestamp"), now_ms)
+        return None if ok else ("bad or expired" if tok else "missing") + " X-Gitee-Token"
+    sig = headers.get("x-hub-signature-256")
+    return None if verify_github(secret, body, sig) else ("bad" if sig else "missing") + " X-Hub-Signature-256"
+
+
+def event_of(forge: str, headers: dict) -> str:
+    """The event in GitHub's words: push, ping, or something else."""
+    if forge == "gitea":
+        ev = headers.get("x-gitea-event") or headers.get("x-forgejo-event") or headers.get("x-github-event", "")
+    elif forge == "gitlab":
+        ev = headers.get("x-gitlab-event", "")
+    elif forge == "gitee":
+        ev = headers.get("x-gitee-event", "")
+    else:
+        ev = headers.get("x-github-event", "")
+    return {"push hook": "push", "push": "push", "ping": "ping"}.get(ev.strip().lower(), ev.strip()[:40])
+
+
+def delivery_id(forge: str, headers: dict) -> Optional[str]:
+    names = {"github": ("x-github-delivery",), "gitea": ("x-gitea-delivery", "x-forgejo-delivery",
+                                                          "x-github-delivery"),
+             "gitlab": ("x-gitlab-event-uuid", "idempotency-key"), "gitee": ("x-gitee-delivery",)}[forge]
+    for n in names:
+        if headers.get(n):
+            return f"{forge}:{headers[n][:100]}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -35,6 +115,7 @@ class Delivery:
     urls: tuple = ()
     default_branch: Optional[str] = None
     deleted: bool = False
+    forge: str = "github"
 
 
 @dataclass
@@ -44,17 +125,25 @@ class Answer:
     kind: str = "ignored"  # for metrics: nudged, ignored, duplicate, rejected
 
 
-def parse_delivery(event: str, body: bytes) -> Delivery:
-    """Read the parts of a GitHub delivery we route on; ValueError when the body is not a JSON object."""
+_URL_KEYS = ("clone_url", "ssh_url", "git_url", "html_url", "url", "git_http_url", "git_ssh_url", "http_url",
+             "web_url")
+
+
+def parse_delivery(event: str, body: bytes, forge: str = "github") -> Delivery:
+    """Read the parts of a delivery we route on; ValueError when the body is not a JSON object."""
     data = json.loads(body)
     if not isinstance(data, dict):
         raise ValueError("the body is not a JSON object")
-    repo = data.get("repository") if isinstance(data.get("repository"), dict) else {}
-    urls = tuple(str(repo[k]) for k in ("clone_url", "ssh_url", "git_url", "html_url", "url")
-                 if isinstance(repo.get(k), str))
-    return Delivery(event=event, full_name=str(repo.get("full_name") or ""), ref=str(data.get("ref") or ""),
-                    urls=urls, default_branch=repo.get("default_branch") if isinstance(
-                        repo.get("default_branch"), str) else None, deleted=data.get("deleted") is True)
+    repo = data.get("project") if forge == "gitlab" else data.get("repository")
+    repo = repo if isinstance(repo, dict) else {}
+    name = repo.get("path_with_namespace") if forge == "gitlab" else (repo.get("full_name")
+                                                                      or repo.get("path_with_namespace"))
+    urls = tuple(str(repo[k]) for k in _URL_KEYS if isinstance(repo.get(k), str))
+    after = str(data.get("after") or "")
+    deleted = data.get("deleted") is True or (after != "" and set(after) == {"0"})
+    branch = repo.get("default_branch")
+    return Delivery(event=event, full_name=str(name or ""), ref=str(data.get("ref") or ""), urls=urls,
+                    default_branch=branch if isinstance(branch, str) else None, deleted=deleted, forge=forge)
 
 
 def route_push(d: Delivery, repos, branch_of) -> list:
@@ -65,10 +154,10 @@ def route_push(d: Delivery, repos, branch_of) -> list:
     urls = {normalise_url(u) for u in d.urls}
     out = []
     for spec in repos:
-        if spec.source == "github":
-            same = bool(d.full_name) and spec.slug.lower() == d.full_name.lower()
-        else:
+        if spec.source == "git":
             same = normalise_url(spec.url) in urls
+        else:
+            same = spec.source == d.forge and bool(d.full_name) and spec.slug.lower() == d.full_name.lower()
         if same and pushed == (branch_of(spec) or d.default_branch):
             out.append(spec.name)
     return out
@@ -94,37 +183,47 @@ class ReplayGuard:
 
 
 class WebhookApp:
-    """POST /webhook: verify, parse, route, nudge. `nudge(name)` asks the agent for a check."""
+    """Deliveries from POST /webhook and from relays: verify, parse, route, nudge.
 
-    def __init__(self, secret: Optional[str], repos_fn, branch_of, nudge):
+    `nudge(name, trigger)` asks the agent for a check of a repo.
+    """
+
+    def __init__(self, secret: Optional[str], repos_fn, branch_of, nudge, clock=time.time):
         self.secret = secret.encode() if secret else None
         self.repos_fn = repos_fn
         self.branch_of = branch_of
         self.nudge = nudge
+        self.clock = clock
         self.replays = ReplayGuard()
 
-    def handle(self, headers: dict, body: bytes) -> Answer:
-        """headers: lower-cased names. Nothing is parsed before the signature checks out."""
-        if self.secret is not None and not verify_github(self.secret, body, headers.get("x-hub-signature-256")):
-            why = "missing" if not headers.get("x-hub-signature-256") else "bad"
-            return Answer(401, {"error": f"{why} X-Hub-Signature-256"}, "rejected")
-        event = headers.get("x-github-event", "")
+    def handle(self, headers: dict, body: bytes, trigger: str = "webhook", bodies=None) -> Answer:
+        """headers: lower-cased names. Nothing is parsed before the delivery proves it knows the secret.
+
+        bodies: other renderings of the same body to try the signature on (a relay that re-serialised it).
+        """
+        forge = forge_of(headers)
+        if self.secret is not None:
+            problems = [authentic(forge, self.secret, headers, b, self.clock() * 1000) for b in [body, *(bodies or ())]]
+            if all(problems):
+                return Answer(401, {"error": problems[0]}, "rejected")
+            body = [body, *(bodies or ())][problems.index(None)]
+        event = event_of(forge, headers)
         try:
-            d = parse_delivery(event, body)
+            d = parse_delivery(event, body, forge)
         except (ValueError, UnicodeDecodeError) as e:
             return Answer(400, {"error": f"the body is not JSON: {_short(e)}"}, "rejected")
-        delivery = headers.get("x-github-delivery")
-        if delivery and not self.replays.first_time(delivery):
-            return Answer(200, {"ignored": "delivery seen before", "delivery": delivery[:64]}, "duplicate")
+        did = delivery_id(forge, headers)
+        if did and not self.replays.first_time(did):
+            return Answer(200, {"ignored": "delivery seen before", "delivery": did}, "duplicate")
         if event == "ping":
             return Answer(200, {"ok": "pong", "ignored": "ping"}, "ignored")
         if event != "push":
-            return Answer(200, {"ignored": f"event {event[:40]!r} is not a push"}, "ignored")
+            return Answer(200, {"ignored": f"event {event!r} is not a push"}, "ignored")
         names = route_push(d, self.repos_fn(), self.branch_of)
         if not names:
             return Answer(200, {"ignored": "no configured repo follows this repository and branch"}, "ignored")
         for n in names:
-            self.nudge(n)
+            self.nudge(n, trigger)
         return Answer(202, {"nudged": names}, "nudged")
 
 
