@@ -128,6 +128,35 @@ class Checkout:
         return int(self._git("rev-list", "--count", f"{since}..{until}").stdout.strip() or 0)
 
     # ---- changing ----------------------------------------------------------------------
+    def clear_stale_locks(self) -> list:
+        """Remove git lock files (index.lock, ref locks) that no live process holds.
+
+        A git killed mid-write (a power cut, SIGKILL of the agent) leaves them behind and every later
+        write fails with "File exists". Called only under our repo lock, so no git of ours is at
+        work here; a lock still open in any process, or any git process working in this checkout,
+        is left alone.
+        """
+        gd = self.git_dir()
+        found = []
+        for top in (gd, os.path.join(gd, "refs")):
+            for dirpath, _dirs, files in os.walk(top):
+                found += [os.path.join(dirpath, f) for f in files if f.endswith(".lock")]
+                if dirpath == gd:
+                    break  # only the top of .git here; refs/ is walked on its own
+        if not found:
+            return []
+        held = _files_held_open(found)
+        if held or _git_working_in(self.path, gd):
+            return []
+        removed = []
+        for f in found:
+            try:
+                os.unlink(f)
+                removed.append(os.path.relpath(f, self.path))
+            except OSError:
+                pass
+        return removed
+
     def fetch(self, source: str, branch: str, env=None) -> Optional[str]:
         """Fetch only the followed branch into refs/remotes/origin/<branch>; return its sha.
 
@@ -183,7 +212,11 @@ class Checkout:
         """
         parent = os.path.dirname(os.path.abspath(self.path)) or "."
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.sync-agent-clone-", dir=parent)
+        prefix = f".{os.path.basename(self.path)}.sync-agent-clone-"
+        for old in os.listdir(parent):  # left by an interrupted clone; we hold the repo lock
+            if old.startswith(prefix):
+                shutil.rmtree(os.path.join(parent, old), ignore_errors=True)
+        tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
         try:
             run_git(["clone", "--quiet", "--no-tags", "--single-branch", "--branch", branch, "--", url, tmp],
                     cwd=parent, timeout=NETWORK_TIMEOUT, env=env, secrets=self.secrets)
@@ -195,6 +228,42 @@ class Checkout:
             raise
         sha, _ = self.read_head()
         return sha
+
+
+def _files_held_open(paths) -> bool:
+    """True when any process has one of these files open (a scan of /proc/*/fd)."""
+    want = {os.path.realpath(p) for p in paths}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in want:
+                        return True
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return False
+
+
+def _git_working_in(path, git_dir) -> bool:
+    """True when a git process has its working directory in this checkout."""
+    roots = (os.path.realpath(path), os.path.realpath(git_dir))
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if not f.read().startswith("git"):
+                    continue
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if any(cwd == r or cwd.startswith(r + os.sep) for r in roots):
+            return True
+    return False
 
 
 def _free_ref(co: Checkout, ref: str) -> str:

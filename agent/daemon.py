@@ -15,7 +15,7 @@ from .gitsource import GitSource
 from .locks import repo_lock
 from .metrics import Metrics
 from .webhook import WebhookApp
-from .errors import LockedError, RateLimitedError
+from .errors import AgentError, LockedError
 from .model import ERROR, Outcome, short
 from .schedule import RepoRunner, backoff_delay, checks_per_hour, make_trigger
 from .state import State
@@ -239,9 +239,12 @@ class Agent:
         if spec is None or self._stopping:
             return
         out = self.checker.check(spec, trigger, via_fetch)
-        failures = (self.state.repo(name) or {}).get("failures_in_a_row", 0) + 1 if out.result == ERROR else 0
-        next_run = self._reschedule(spec, out, failures)
-        self.checker.record(spec, out, trigger, next_run)
+        try:
+            failures = (self.state.repo(name) or {}).get("failures_in_a_row", 0) + 1 if out.result == ERROR else 0
+            next_run = self._reschedule(spec, out, failures)
+            self.checker.record(spec, out, trigger, next_run)
+        except AgentError as e:  # the state store failed: say so, keep syncing
+            log.error("%s [%s] %s; not recorded: %s", name, trigger, out.summary(), e)
 
     def _reschedule(self, spec, out, failures):
         """Back off a failing repo (or wait out a rate limit); return the next run (epoch) or None."""

@@ -54,6 +54,9 @@ class State:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            check = self.db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
         except (sqlite3.DatabaseError, OSError) as e:
             raise StateError(f"cannot open the state database {self.path}: {e}. If it is damaged, move it "
                              f"aside (mv {self.path} {self.path}.broken); the agent starts a new one and "

@@ -79,6 +79,11 @@ def _sync(spec, source, memo, trigger, secrets, drop_env, via_fetch) -> Outcome:
         facts = replace(facts, place=_verify_origin(co, spec, source, memo, branch))
         plan = plan_sync(facts)
     remote_sha = facts.remote
+    if plan.action in (Action.FETCH, Action.FAST_FORWARD, Action.RESET):
+        cleared = co.clear_stale_locks()
+        if cleared:
+            log.warning("%s: removed stale git lock files left by an interrupted git: %s", spec.name,
+                        ", ".join(cleared))
     while True:
         a = plan.action
         if a is Action.CLONE:
