@@ -170,7 +170,8 @@ class Checkout:
                 return None
             raise GitError(f"`git fetch {source} {branch}` failed (exit {p.returncode}): "
                            f"{stderr_tail(p.stderr, self.secrets)}", p.returncode, p.stderr)
-        return self._git("rev-parse", "--verify", "-q", f"{ref}^{{commit}}").stdout.strip()
+        return _read_ref(self.git_dir(), ref) or self._git("rev-parse", "--verify", "-q",
+                                                           f"{ref}^{{commit}}").stdout.strip()
 
     def fast_forward(self, sha: str) -> Optional[str]:
         """`git merge --ff-only SHA`; return None on success, git's reason when it refused

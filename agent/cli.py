@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
 
 from . import __version__
 from .config import load_config
@@ -236,6 +237,7 @@ def status_report(config, state) -> dict:
                     source=f"{spec.source}:{spec.slug}" if spec.slug else spec.url,
                     failures_in_a_row=r.get("failures_in_a_row") or 0)
         item["schedule"] = spec.describe_schedule
+        item["hook_output"] = r.get("hook_output")
         out.append(item)
     return {"repos": out}
 
@@ -264,6 +266,9 @@ def cmd_status(config, args) -> int:
             print(f"    error: {r['last_error']}")
         if r["hook"]:
             print(f"    hook: {r['hook']}")
+            tail = [ln for ln in (r.get("hook_output") or "").splitlines() if ln.strip()][-3:]
+            for ln in tail:
+                print(f"      | {ln[:200]}")
         if r["backup"]:
             print(f"    backup: {r['backup']}")
     return 0
@@ -303,7 +308,7 @@ def cmd_validate(config, args) -> int:
     from .daemon import _local_tz
     from .schedule import make_trigger, next_runs
 
-    tz = config.agent.timezone or _local_tz()
+    tz = ZoneInfo(config.agent.timezone) if config.agent.timezone else _local_tz()
     now = datetime.now(timezone.utc)
     print(f"{config.path}: ok, {len(config.repos)} repos; state in {config.agent.state_dir}")
     for kind in sorted({s.source for s in config.repos} - {"git"}):

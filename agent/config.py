@@ -143,6 +143,9 @@ def _get(p, table, key, path, kinds, default=None):
         want = " or ".join(_TYPES.get(k, k.__name__) for k in kinds)
         p.add(path, f"want {want}, got {type(v).__name__} {_show(v)}")
         return default
+    if isinstance(v, str) and "\0" in v:  # no path, URL, name or command can hold one (os calls raise)
+        p.add(path, f"must not contain a NUL character, got {_show(v)}")
+        return default
     return v
 
 
@@ -197,6 +200,8 @@ def load_config(path: str, environ=None) -> Config:
         raise ConfigError([f"{fname}: TOML syntax error: {e}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{fname}: TOML syntax error: the file is not UTF-8"]) from None
+    except RecursionError:  # tomllib recurses into nested inline arrays and tables
+        raise ConfigError([f"{fname}: TOML syntax error: arrays or inline tables nested too deeply"]) from None
     base = os.path.dirname(os.path.abspath(path))
 
     known_tables = {"agent", "webhook", "repos", "notify", "relay", *FORGE_APIS}
@@ -288,7 +293,9 @@ def _load_notify(p, tables, names, env) -> tuple:
         if bad or not all(isinstance(e, str) for e in on):
             p.add(pre + "on", f"unknown events {bad!r}; want any of {', '.join(NOTIFY_EVENTS)}")
         repos = _get(p, t, "repos", pre + "repos", [list], None)
-        if repos is not None:
+        if repos is not None and not all(isinstance(r, str) for r in repos):
+            p.add(pre + "repos", "want an array of repo names (strings)")
+        elif repos is not None:
             unknown = [r for r in repos if r not in names]
             if unknown:
                 p.add(pre + "repos", f"no repo named {', '.join(map(repr, unknown))}")
@@ -434,7 +441,7 @@ def _load_repo(p, r, pre, base, agent) -> Optional[RepoSpec]:
     source = kinds[0] if kinds else "git"
     slug = _get(p, r, source, f"{pre}.{source}", [str], None) if kinds else None
     url = _get(p, r, "url", pre + ".url", [str], None)
-    if slug is not None and not (GITLAB_PATH_RE if source == "gitlab" else SLUG_RE).match(slug):
+    if slug is not None and not (GITLAB_PATH_RE if source == "gitlab" else SLUG_RE).fullmatch(slug):
         p.add(f"{pre}.{source}", f"want {'group/project' if source == 'gitlab' else 'owner/repo'}, got {slug!r}")
     if slug is None and url is None:
         p.add(pre, "needs `github = \"owner/repo\"` (or gitee, gitlab, gitea) or a git `url`")
@@ -443,13 +450,13 @@ def _load_repo(p, r, pre, base, agent) -> Optional[RepoSpec]:
     default_name = (slug or url or "").rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
     default_name = default_name[:-4] if default_name.endswith(".git") else default_name
     name = _get(p, r, "name", pre + ".name", [str], default_name)
-    if not NAME_RE.match(name or "") or name in (".", ".."):
+    if not NAME_RE.fullmatch(name or "") or name in (".", ".."):
         p.add(pre + ".name", f"{name!r} is not a usable name (letters, digits, . _ -, not starting with . or -)")
     branch = _get(p, r, "branch", pre + ".branch", [str], None)
     if branch is not None and not _valid_branch(branch):
         p.add(pre + ".branch", f"{branch!r} is not a valid branch name")
     path = _get(p, r, "path", pre + ".path", [str], None)
-    if path is None:
+    if path is None and "path" not in r:  # present but unusable: already reported
         p.add(pre + ".path", "required: the local checkout to keep in step")
     elif not path.strip():
         p.add(pre + ".path", "must not be empty")

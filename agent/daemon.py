@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from .checkout import Checkout
 from .github import GitHubForge
 from .gitsource import GitSource
 from .locks import repo_lock
@@ -26,7 +27,16 @@ LOCK_WAIT = 30.0  # a manual `check` and the daemon may meet on one repo: wait t
 
 
 def build_sources(config) -> dict:
-    return {"github": GitHubForge(config.github), "git": GitSource()}
+    """One adapter per forge kind a repo may name (`gitea` only when its api_url is configured)."""
+    from .gitea import GiteaForge
+    from .gitee import GiteeForge
+    from .gitlab import GitLabForge
+
+    sources = {"github": GitHubForge(config.github), "gitee": GiteeForge(config.forges["gitee"]),
+               "gitlab": GitLabForge(config.forges["gitlab"]), "git": GitSource()}
+    if config.forges["gitea"].api_url:
+        sources["gitea"] = GiteaForge(config.forges["gitea"])
+    return sources
 
 
 def make_notifier(config):
@@ -39,7 +49,7 @@ def make_notifier(config):
 
 def drop_env(config) -> tuple:
     """Environment variables that hold our secrets: hooks do not inherit them."""
-    names = [config.github.token_env, "GITHUB_TOKEN"]
+    names = [f.token_env for f in config.forges.values()] + [config.github.token_env, "GITHUB_TOKEN"]
     if config.webhook:
         names.append(config.webhook.secret_env)
     names += [t.urls_env for t in config.notify]
@@ -164,19 +174,22 @@ class Agent:
         return self.started and not self._stopping and self.scheduler.running
 
     # ---- requests -------------------------------------------------------------------------
-    def nudge(self, name: str, trigger: str = "webhook", via_fetch: bool = True) -> bool:
-        """Check `name` now; if a check of it runs, exactly one more after it. False: no such repo."""
+    def nudge(self, name: str, trigger: str = "webhook", via_fetch: bool = True, expect: str = None) -> bool:
+        """Check `name` now; if a check of it runs, exactly one more after it. False: no such repo.
+
+        expect: the new head a verified delivery announced (a check is skipped when already there).
+        """
         runner = self.runners.get(name)
         if runner is None:
             return False
-        runner.request(trigger, via_fetch)
+        runner.request(trigger, via_fetch, expect)
         return True
 
     def _make_app(self):
         """The delivery handler shared by the listener and the relays (one replay memory)."""
         secret = self.config.webhook.secret if self.config.webhook else None
         return WebhookApp(secret, lambda: self.config.repos, self.branch_of,
-                          lambda name, trigger: self.nudge(name, trigger, via_fetch=True))
+                          lambda name, trigger, after=None: self.nudge(name, trigger, True, after))
 
     def branch_of(self, spec):
         """The branch a repo follows: configured, or the default branch once learnt."""
@@ -191,7 +204,7 @@ class Agent:
         self.checker.config = config
         if config.webhook != old.webhook:
             self.webhook_app = self._make_app()
-        if config.github != old.github:
+        if config.forges != old.forges or config.github != old.github:
             self.checker.sources = build_sources(config)
         if config.notify != old.notify:
             if self.checker.notifier is not None:
@@ -215,7 +228,8 @@ class Agent:
     # ---- inside ---------------------------------------------------------------------------
     def _add(self, spec):
         self.state.ensure_repo(spec)
-        runner = RepoRunner(spec.name, self._submit, lambda trigger, via, n=spec.name: self._check(n, trigger, via))
+        runner = RepoRunner(spec.name, self._submit,
+                            lambda trigger, via, expect, n=spec.name: self._check(n, trigger, via, expect))
         self.runners[spec.name] = runner
         self.scheduler.add_job(runner.request, make_trigger(spec, self.scheduler.timezone), args=("schedule",),
                                id=spec.name, name=spec.name, replace_existing=True)
@@ -234,9 +248,14 @@ class Agent:
             except RuntimeError:  # shutting down
                 pass
 
-    def _check(self, name, trigger, via_fetch):
+    def _check(self, name, trigger, via_fetch, expect=None):
         spec = self.config.repo(name)
         if spec is None or self._stopping:
+            return
+        if expect and Checkout(spec.path).read_head()[0] == expect and self.checker.memo(spec).origin_checked:
+            # A signed delivery names the head we already have (a redelivery, a flood): the check
+            # would find the checkout up to date; no fetch, no history row.
+            log.debug("%s: %s nudge for %s skipped: the checkout is already there", name, trigger, short(expect))
             return
         out = self.checker.check(spec, trigger, via_fetch)
         try:

@@ -67,8 +67,8 @@ def redact(text: str, secrets) -> str:
     return text
 
 
-def auth_env(token: Optional[str], url_prefix: str) -> dict:
-    """Environment that hands git an Authorization header for URLs under `url_prefix` only.
+def auth_env(token: Optional[str], url_prefix: str, username: str = "x-access-token") -> dict:
+    """Environment that hands git an Authorization header (Basic username:token) for URLs under `url_prefix` only.
 
     Through the environment (git 2.31+), never argv (visible in ps) nor .git/config.
     """
@@ -77,7 +77,7 @@ def auth_env(token: Optional[str], url_prefix: str) -> dict:
     import base64
 
     n = int(os.environ.get("GIT_CONFIG_COUNT", "0") or 0)
-    basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    basic = base64.b64encode(f"{username}:{token}".encode()).decode()
     return {
         "GIT_CONFIG_COUNT": str(n + 1),
         f"GIT_CONFIG_KEY_{n}": f"http.{url_prefix}.extraHeader",

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 import urllib.parse
@@ -11,24 +10,15 @@ from typing import Optional
 
 import requests
 from github import Auth, Github
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, stop_before_delay, wait_exponential_jitter
 
 from .errors import (AuthError, BadAnswerError, ForgeError, ForgeUnavailableError, NotFoundError,
                      RateLimitedError)
+from .forgehttp import (HTTP_TIMEOUT, SHA_RE, api_message, hms, net_reason, rate_figures, rate_pause,
+                        retry_transient, snippet)
 from .git import auth_env
 from .model import RemoteHead
 
-HTTP_TIMEOUT = 15  # seconds for one API request; a hung call must never stall the schedule
-SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-SECONDARY_WAIT = 60.0  # GitHub's advice when a 403 names no time
-
 log = logging.getLogger("sync_agent.github")
-
-# Transient failures are retried inside one check, briefly; longer outages are the scheduler's
-# backoff's business (a check must not sit on a worker for minutes).
-_transient = retry(retry=retry_if_exception_type(ForgeUnavailableError),
-                   wait=wait_exponential_jitter(initial=0.5, max=8, jitter=0.5),
-                   stop=stop_after_attempt(4) | stop_before_delay(20), reraise=True)
 
 
 class GitHubForge:
@@ -67,7 +57,7 @@ class GitHubForge:
         sha = body.strip()
         if not SHA_RE.match(sha):
             raise BadAnswerError(f"GitHub answered the head of {spec.slug}:{branch} with something that is "
-                                 f"not a commit sha ({_snippet(sha)})")
+                                 f"not a commit sha ({snippet(sha)})")
         return RemoteHead(sha, hdrs.get("etag"), changed=True)
 
     def describe(self, spec) -> dict:
@@ -79,7 +69,7 @@ class GitHubForge:
             return {"default_branch": str(data["default_branch"]), "clone_url": str(data["clone_url"])}
         except (ValueError, KeyError, TypeError):
             raise BadAnswerError(f"GitHub's description of {spec.slug} is not readable JSON "
-                                 f"({_snippet(body)})") from None
+                                 f"({snippet(body)})") from None
 
     def git_env(self, url: str) -> dict:
         """Environment that lets git use our token for this forge's own URLs, and no others."""
@@ -89,11 +79,11 @@ class GitHubForge:
         return {}
 
     # ---- HTTP ---------------------------------------------------------------------------
-    @_transient
+    @retry_transient
     def _get(self, path: str, headers: dict):
         now = self.clock()
         if now < self.paused_until:
-            raise RateLimitedError(f"GitHub rate limit: waiting until {_hms(self.paused_until)}",
+            raise RateLimitedError(f"GitHub rate limit: waiting until {hms(self.paused_until)}",
                                    self.paused_until)
         try:
             status, hdrs, body = self.gh.requester.requestJson("GET", path, headers=dict(headers))
@@ -104,7 +94,7 @@ class GitHubForge:
         except (requests.RequestException, OSError) as e:
             self._count("error")
             raise ForgeUnavailableError(f"cannot reach the GitHub API at {self.settings.api_url}: "
-                                        f"{_reason(e)}") from None
+                                        f"{net_reason(e)}") from None
         except RuntimeError as e:  # PyGithub's redirect complaints
             self._count("error")
             raise BadAnswerError(f"GitHub API: {e}") from None
@@ -121,37 +111,23 @@ class GitHubForge:
     def _note_rate(self, status, hdrs, body):
         """Keep the quota figures; on a rate-limit answer, pause this forge until the named time."""
         now = self.clock()
-        remaining = _int(hdrs.get("x-ratelimit-remaining"))
-        reset = _int(hdrs.get("x-ratelimit-reset"))
+        figures = rate_figures(hdrs)
         with self._lock:
-            if remaining is not None:
-                self.rate_remaining = remaining
-                self.rate_limit = _int(hdrs.get("x-ratelimit-limit"))
-                self.rate_reset = reset
-        until = None
-        if status in (403, 429):
-            retry_after = _int(hdrs.get("retry-after"))
-            if retry_after is not None:
-                until = now + retry_after
-            elif remaining == 0 and reset:
-                until = float(reset)
-            elif status == 429 or "rate limit" in body.lower():
-                until = now + SECONDARY_WAIT
-        elif status < 300 and remaining == 0 and reset:
-            until = float(reset)  # the next request would be refused
+            if figures.remaining is not None:
+                self.rate_limit, self.rate_remaining, self.rate_reset = figures
+        until = rate_pause(status, hdrs, body if isinstance(body, str) else "", now)
         if until is not None:
-            until = max(until, now + 1.0)
             with self._lock:
                 self.paused_until = max(self.paused_until, until)
             log.warning("GitHub rate limit reached: no requests to %s until %s", self.settings.api_url,
-                        _hms(until))
+                        hms(until))
             if status in (403, 429):
-                raise RateLimitedError(f"GitHub rate limit: waiting until {_hms(until)}", until)
+                raise RateLimitedError(f"GitHub rate limit: waiting until {hms(until)}", until)
 
     def _raise_for(self, status, body, slug):
         if 200 <= status < 300:
             return
-        msg = _message(body)
+        msg = api_message(body)
         if status == 401:
             raise AuthError(f"GitHub refused the token (401 {msg or 'Bad credentials'})")
         if status == 403:
@@ -161,34 +137,3 @@ class GitHubForge:
         if status == 409:
             raise NotFoundError(f"repository {slug} is empty on GitHub")
         raise ForgeError(f"GitHub API answered HTTP {status} {msg}".rstrip())
-
-
-def _message(body: str) -> str:
-    try:
-        return str(json.loads(body).get("message", ""))[:120]
-    except (ValueError, AttributeError):
-        return ""
-
-
-def _snippet(text: str) -> str:
-    text = " ".join(str(text).split())
-    return repr(text[:40] + ("..." if len(text) > 40 else ""))
-
-
-def _reason(e: Exception) -> str:
-    text = str(e)
-    m = re.search(r"\[Errno -?\d+\] ([^')\]]+)", text)
-    if m:
-        return m.group(1)
-    return type(e).__name__
-
-
-def _int(v) -> Optional[int]:
-    try:
-        return int(float(v))
-    except (TypeError, ValueError):
-        return None
-
-
-def _hms(epoch: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(epoch))

@@ -123,7 +123,11 @@ class HttpServer:
         req.peer = peer
         length = req.headers.get("content-length")
         if "transfer-encoding" in req.headers:
-            return await self._send(writer, _error(411, "send a Content-Length, not chunked"))
+            # The body's length is unknown: read and drop what comes (within the drain limits), as for
+            # 413, so a sender still writing gets the answer rather than a reset (SPEC section 7).
+            expect = req.headers.get("expect", "").lower() == "100-continue"
+            return await self._send(writer, _error(411, "send a Content-Length, not chunked"),
+                                    drain=0 if expect else lim.drain_bytes, reader=reader)
         try:
             n = int(length) if length is not None else 0
             if n < 0:

@@ -77,16 +77,21 @@ class RepoRunner:
         self._running = False
         self._again = None
 
-    def request(self, trigger: str, via_fetch: bool = False) -> str:
-        """Ask for a check; returns 'queued' or 'coalesced'."""
+    def request(self, trigger: str, via_fetch: bool = False, expect: str = None) -> str:
+        """Ask for a check; returns 'queued' or 'coalesced'.
+
+        expect: the head a verified delivery announced; the check may be skipped when the checkout
+        is already there.
+        """
+        job = (trigger, via_fetch, expect)
         with self._lock:
             if self._queued is not None:
-                self._queued = _merge(self._queued, (trigger, via_fetch))
+                self._queued = _merge(self._queued, job)
                 return "coalesced"
             if self._running:
-                self._again = _merge(self._again, (trigger, via_fetch))
+                self._again = _merge(self._again, job)
                 return "coalesced"
-            self._queued = (trigger, via_fetch)
+            self._queued = job
         self._submit(self._work)
         return "queued"
 
@@ -113,7 +118,9 @@ class RepoRunner:
 
 
 def _merge(old, new):
-    """Two requests, one run: the first trigger names it; it asks the API unless both came verified."""
+    """Two requests, one run: the first trigger names it; it asks the API unless both came verified,
+    and may be skipped only if both announced a head (the newer one counts)."""
     if old is None:
         return new
-    return (old[0], old[1] and new[1])
+    verified = old[1] and new[1]
+    return (old[0], verified, new[2] if verified and old[2] and new[2] else None)

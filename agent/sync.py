@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -24,6 +25,8 @@ class Memo:
     branch: Optional[str] = None  # the default branch, once asked
     clone_url: Optional[str] = None
     origin_checked: bool = False
+    origin_url: Optional[str] = None
+    git_id: Optional[tuple] = None  # (device, inode) of the .git we checked: a replaced checkout is new
     fetched: Optional[str] = None  # the remote sha we last fetched: its objects are here
     key: tuple = ()  # the repo settings this memo belongs to
 
@@ -75,6 +78,10 @@ def _sync(spec, source, memo, trigger, secrets, drop_env, via_fetch) -> Outcome:
     facts = Facts(place=place, mode=spec.mode, local=local, remote=head.sha if head else None,
                   remote_error=remote_error, on_branch=bool(on))
     plan = plan_sync(facts)
+    if plan.action is not Action.NOTHING and place is Place.CHECKOUT and memo.origin_checked \
+            and memo.git_id != _git_id(co):
+        memo.origin_checked = False  # the checkout was replaced while we ran: look at it afresh
+        memo.fetched = None
     if plan.action is not Action.NOTHING and place is Place.CHECKOUT and not memo.origin_checked:
         facts = replace(facts, place=_verify_origin(co, spec, source, memo, branch))
         plan = plan_sync(facts)
@@ -89,7 +96,8 @@ def _sync(spec, source, memo, trigger, secrets, drop_env, via_fetch) -> Outcome:
         if a is Action.CLONE:
             url = _clone_url(spec, source, memo)
             sha = co.clone(url, branch, env=source.git_env(url))
-            memo.origin_checked, memo.fetched = True, sha
+            memo.origin_checked, memo.fetched, memo.origin_url = True, sha, url
+            memo.git_id = _git_id(co)
             return _moved(spec, branch, Outcome(CLONED, None, sha, remote_sha or sha), trigger, secrets, drop_env)
         if a is Action.FAIL:
             extra = {"retry_at": retry_at} if retry_at else {}
@@ -132,15 +140,23 @@ def _verify_origin(co, spec, source, memo, branch) -> Place:
     expected = spec.url or memo.clone_url or (spec.slug or "")
     if origin and expected and not same_repository(origin, expected):
         return Place.FOREIGN
-    memo.origin_checked = True
+    memo.origin_checked, memo.origin_url, memo.git_id = True, origin, _git_id(co)
     return Place.CHECKOUT
+
+
+def _git_id(co):
+    try:
+        st = os.stat(co.git_dir())
+        return st.st_dev, st.st_ino
+    except OSError:
+        return None
 
 
 def _fetch(co, spec, source, memo, branch, remote_sha):
     if remote_sha is not None and memo.fetched == remote_sha:
         return remote_sha  # fetched before: the objects are here, no need to ask again
     where = spec.url or "origin"
-    url = spec.url or co.origin_url() or ""
+    url = spec.url or memo.origin_url or ""
     sha = co.fetch(where, branch, env=source.git_env(url))
     memo.fetched = sha
     return sha

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -18,6 +19,7 @@ from .checkout import normalise_url
 
 REPLAY_MEMORY = 10000  # delivery ids remembered
 GITEE_WINDOW_MS = 5 * 60 * 1000  # how old a Gitee signature's timestamp may be
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 def verify_github(secret: bytes, body: bytes, header: Optional[str]) -> bool:
@@ -116,6 +118,7 @@ class Delivery:
     default_branch: Optional[str] = None
     deleted: bool = False
     forge: str = "github"
+    after: Optional[str] = None  # the new head the push announces
 
 
 @dataclass
@@ -143,7 +146,8 @@ def parse_delivery(event: str, body: bytes, forge: str = "github") -> Delivery:
     deleted = data.get("deleted") is True or (after != "" and set(after) == {"0"})
     branch = repo.get("default_branch")
     return Delivery(event=event, full_name=str(name or ""), ref=str(data.get("ref") or ""), urls=urls,
-                    default_branch=branch if isinstance(branch, str) else None, deleted=deleted, forge=forge)
+                    default_branch=branch if isinstance(branch, str) else None, deleted=deleted, forge=forge,
+                    after=after if SHA_RE.match(after) and not deleted else None)
 
 
 def route_push(d: Delivery, repos, branch_of) -> list:
@@ -185,7 +189,8 @@ class ReplayGuard:
 class WebhookApp:
     """Deliveries from POST /webhook and from relays: verify, parse, route, nudge.
 
-    `nudge(name, trigger)` asks the agent for a check of a repo.
+    `nudge(name, trigger, after)` asks the agent for a check of a repo; `after` is the head the
+    verified delivery announced, or None.
     """
 
     def __init__(self, secret: Optional[str], repos_fn, branch_of, nudge, clock=time.time):
@@ -223,7 +228,7 @@ class WebhookApp:
         if not names:
             return Answer(200, {"ignored": "no configured repo follows this repository and branch"}, "ignored")
         for n in names:
-            self.nudge(n, trigger)
+            self.nudge(n, trigger, d.after)
         return Answer(202, {"nudged": names}, "nudged")
 
 
