@@ -19,6 +19,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 MODES = ("ff-only", "reset")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SLUG_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+# Longest interval or backoff: far beyond any real use, far below what datetime arithmetic overflows on.
+MAX_DURATION = 365 * 86400.0
 DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -329,8 +331,8 @@ def _load_agent(p, t, base) -> AgentSettings:
             tz = None
     mb_text = _get(p, t, "max_backoff", pre + "max_backoff", [str], "10m")
     max_backoff = parse_duration(mb_text)
-    if max_backoff is None or max_backoff < 1:
-        p.add(pre + "max_backoff", f"want a duration like \"10m\", got {mb_text!r}")
+    if max_backoff is None or not 1 <= max_backoff <= MAX_DURATION:
+        p.add(pre + "max_backoff", f"want a duration like \"10m\" (1s to 365d), got {mb_text!r}")
         max_backoff = 600.0
     days = _get(p, t, "history_days", pre + "history_days", [int], 30)
     if days < 1:
@@ -458,7 +460,7 @@ def _load_repo(p, r, pre, base, agent) -> Optional[RepoSpec]:
     path = _get(p, r, "path", pre + ".path", [str], None)
     if path is None and "path" not in r:  # present but unusable: already reported
         p.add(pre + ".path", "required: the local checkout to keep in step")
-    elif not path.strip():
+    elif path is not None and not path.strip():
         p.add(pre + ".path", "must not be empty")
     every_text = _get(p, r, "every", pre + ".every", [str], None)
     schedule = _get(p, r, "schedule", pre + ".schedule", [str], None)
@@ -471,6 +473,8 @@ def _load_repo(p, r, pre, base, agent) -> Optional[RepoSpec]:
             p.add(pre + ".every", f"want an interval like \"30s\", \"5m\", \"1h\", \"1d\", got {every_text!r}")
         elif every < 1:
             p.add(pre + ".every", "must be at least 1s")
+        elif every > MAX_DURATION:
+            p.add(pre + ".every", f"must be at most 365d, got {every_text!r}")
     if schedule is not None:
         try:
             parse_cron(schedule, agent.timezone or "UTC")

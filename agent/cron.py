@@ -26,7 +26,7 @@ def _dow_number(tok: str) -> int:
     if t in _DOW_NAMES:
         return _DOW_NAMES.index(t)
     if t.isdigit() and 0 <= int(t) <= 7:
-        return int(t) % 7
+        return int(t)  # 7 stays 7 so that 5-7 and 7-7 are ranges; the caller folds it onto Sunday
     raise CronError(f"day of week {tok!r} is not 0-7 or sun-sat")
 
 
@@ -44,9 +44,7 @@ def _dow_field(field: str) -> str:
             lo, hi = 0, 6
         else:
             lo = _dow_number(start)
-            hi = _dow_number(end) if end else (6 if step else lo)
-            if end and end.strip() == "7":
-                hi = 7  # 5-7 means Friday to Sunday
+            hi = _dow_number(end) if end else (max(lo, 6) if step else lo)
         if step is not None and int(step) == 0:
             raise CronError("a step of 0 in day of week")
         if hi < lo:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from .checkout import Checkout
+from .forgehttp import stop_retrying
 from .github import GitHubForge
 from .gitsource import GitSource
 from .locks import repo_lock
@@ -96,11 +97,12 @@ class Checker:
 
     def record(self, spec, out, trigger, next_run=None):
         branch = spec.branch or self.memo(spec).branch
+        before = self.state.repo(spec.name) if self.notifier is not None else None
         fails = self.state.record(spec, branch, out, trigger, time.time())
         if self.metrics is not None:
             self.metrics.observe_check(spec, out, trigger)
         if self.notifier is not None:
-            self.notifier.after_check(spec, branch, out, trigger, fails)
+            self.notifier.after_check(spec, branch, out, trigger, fails, before)
         if next_run is not None:
             self.state.set_next_run(spec.name, next_run)
         _log_check(spec, out, trigger, fails)
@@ -161,6 +163,7 @@ class Agent:
     def stop(self):
         """Stop scheduling, finish the checks that run, drop the ones that wait."""
         self._stopping = True
+        stop_retrying()
         try:
             self.scheduler.shutdown(wait=False)
         except Exception:  # noqa: BLE001 - not running

@@ -29,11 +29,26 @@ _EPOCH_FLOOR = 1_000_000_000
 
 log = logging.getLogger("sync_agent.forge")
 
+# Set when the agent shuts down: a retry that waits gives up at once, so SIGTERM is not held up
+# by a forge outage.
+_shutting_down = threading.Event()
+
+
+def stop_retrying():
+    """Make every waiting and future retry give up (the agent is stopping)."""
+    _shutting_down.set()
+
+
+def _sleep(seconds):
+    if _shutting_down.wait(seconds):
+        raise ForgeUnavailableError("the agent is stopping: not retrying")
+
+
 # Transient failures are retried inside one check, briefly; longer outages are the scheduler's
 # backoff's business (a check must not sit on a worker for minutes).
 retry_transient = retry(retry=retry_if_exception_type(ForgeUnavailableError),
                         wait=wait_exponential_jitter(initial=0.5, max=8, jitter=0.5),
-                        stop=stop_after_attempt(4) | stop_before_delay(20), reraise=True)
+                        stop=stop_after_attempt(4) | stop_before_delay(20), reraise=True, sleep=_sleep)
 
 
 # ---- pure: rate-limit headers -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Optional
 
 from .git import run_git
 from .model import BLOCKED, CLONED, ERROR, RESET, UPDATED, short
+from .state import blocked_key
 
 log = logging.getLogger("sync_agent.notify")
 SEND_TIMEOUT = 30.0  # seconds one target may take
@@ -29,10 +30,14 @@ def unusable_urls(urls) -> list:
 
 @dataclass
 class _Memory:
-    """Per target and repo: was an error announced, and which blocked situation was last told."""
+    """Per target and repo: was an error announced, and which blocked situation was last told.
+
+    Rebuilt from the state store before each check, so one-shot `check` runs (from cron, say)
+    announce an error once and its recovery once, like the daemon.
+    """
 
     alerted: bool = False
-    blocked_key: Optional[tuple] = None
+    blocked_key: Optional[str] = None
 
 
 def events_for(out, failures: int, threshold: int, memory: _Memory) -> list:
@@ -50,7 +55,7 @@ def events_for(out, failures: int, threshold: int, memory: _Memory) -> list:
         memory.alerted = False
         events.append("recovered")
     if out.result == BLOCKED:
-        key = (out.old_sha, out.remote_sha, out.detail)
+        key = blocked_key(out)
         if key != memory.blocked_key:
             memory.blocked_key = key
             events.append("blocked")
@@ -113,26 +118,29 @@ def _subject(path, sha) -> str:
 
 
 class Notifier:
-    """Sends in background threads; never delays or breaks a sync. Counts results for /metrics."""
+    """Sends in background threads, one per target (a hung service delays only its own messages);
+    never delays or breaks a sync. Counts results for /metrics."""
 
     def __init__(self, targets, secrets=()):
         self.targets = list(targets)
         self.secrets = secrets
-        self._memory = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="notify")
+        self._pools = {t.index: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"notify{t.index}")
+                       for t in self.targets}
         self._pending = 0
         self.sent = 0
         self.failed = 0
         self.dropped = 0
 
-    def after_check(self, spec, branch, out, trigger, failures):
+    def after_check(self, spec, branch, out, trigger, failures, before=None):
+        """before: the repo's stored state as it was before this check (None: never checked)."""
+        before = before or {}
         for t in self.targets:
             if t.repos is not None and spec.name not in t.repos:
                 continue
-            with self._lock:
-                mem = self._memory.setdefault((t.index, spec.name), _Memory())
-                events = [e for e in events_for(out, failures, t.failures_before_alert, mem) if e in t.on]
+            mem = _Memory(alerted=(before.get("failures_in_a_row") or 0) >= t.failures_before_alert,
+                          blocked_key=before.get("blocked_key"))
+            events = [e for e in events_for(out, failures, t.failures_before_alert, mem) if e in t.on]
             for e in events:
                 self._enqueue(t, *message(e, spec, branch, out, trigger, failures), KIND.get(e, "info"))
 
@@ -143,7 +151,7 @@ class Notifier:
                 log.warning("%s: too many notifications waiting; one dropped", target.label)
                 return
             self._pending += 1
-        self._pool.submit(self._send_bounded, target, title, body, kind)
+        self._pools[target.index].submit(self._send_bounded, target, title, body, kind)
 
     def _send_bounded(self, target, title, body, kind):
         try:
@@ -170,7 +178,8 @@ class Notifier:
 
     def close(self):
         self.flush(5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def send_now(target, title, body, timeout=SEND_TIMEOUT, kind="info") -> tuple:

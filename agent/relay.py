@@ -13,6 +13,7 @@ import threading
 import time
 
 import requests
+import urllib3
 
 log = logging.getLogger("sync_agent.relay")
 CONNECT_TIMEOUT = 15.0
@@ -88,6 +89,8 @@ def _why(e: Exception) -> str:
         return f"no data for {READ_TIMEOUT:g} s"
     if isinstance(e, requests.ConnectionError):
         return "cannot connect" if "Max retries" in str(e) or "refused" in str(e) else "connection broken"
+    if isinstance(e, (urllib3.exceptions.ProtocolError, ConnectionError)):
+        return "connection broken"
     if isinstance(e, ValueError):
         return str(e)[:80]
     return type(e).__name__

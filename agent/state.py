@@ -17,7 +17,7 @@ CREATE TABLE IF NOT EXISTS repo (
     last_check TEXT, last_result TEXT, last_error TEXT,
     failures_in_a_row INTEGER NOT NULL DEFAULT 0, failing_since TEXT,
     next_run TEXT, backup TEXT, last_change TEXT,
-    hook TEXT, hook_output TEXT
+    hook TEXT, hook_output TEXT, blocked_key TEXT
 );
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY,
@@ -38,6 +38,11 @@ def iso(epoch: Optional[float]) -> Optional[str]:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
+def blocked_key(outcome) -> str:
+    """One blocked situation: the same heads and the same reason."""
+    return f"{outcome.old_sha}|{outcome.remote_sha}|{outcome.detail}"
+
+
 class StateError(AgentError):
     pass
 
@@ -54,6 +59,9 @@ class State:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(repo)")}
+            if "blocked_key" not in cols:  # a state.db from before notifications
+                self.db.execute("ALTER TABLE repo ADD COLUMN blocked_key TEXT")
             check = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {check}")
@@ -103,7 +111,7 @@ class State:
             try:
                 self.db.execute("BEGIN IMMEDIATE")
                 row = self.db.execute("SELECT failures_in_a_row, failing_since, remote_sha, backup, hook,"
-                                      " hook_output, last_change FROM repo WHERE name = ?",
+                                      " hook_output, last_change, blocked_key FROM repo WHERE name = ?",
                                       (spec.name,)).fetchone()
                 fails = (row["failures_in_a_row"] if row else 0) + 1 if failed else 0
                 since = ((row["failing_since"] if row and row["failing_since"] else now) if failed else None)
@@ -112,18 +120,22 @@ class State:
                 hook = outcome.hook.describe() if outcome.hook else (row["hook"] if row else None)
                 hook_out = outcome.hook.output_tail if outcome.hook else (row["hook_output"] if row else None)
                 change = now if outcome.moved else (row["last_change"] if row else None)
+                # the blocked situation last seen, until a good check clears it (notifications)
+                blocked = (blocked_key(outcome) if outcome.result == "blocked" else
+                           (row["blocked_key"] if row else None) if failed else None)
                 self.db.execute(
                     "INSERT INTO repo (name, branch, source, path, local_sha, remote_sha, etag, last_check,"
                     " last_result, last_error, failures_in_a_row, failing_since, backup, last_change, hook,"
-                    " hook_output) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    " hook_output, blocked_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                     " ON CONFLICT(name) DO UPDATE SET branch=excluded.branch, source=excluded.source,"
                     " path=excluded.path, local_sha=excluded.local_sha, remote_sha=excluded.remote_sha,"
                     " etag=excluded.etag, last_check=excluded.last_check, last_result=excluded.last_result,"
                     " last_error=excluded.last_error, failures_in_a_row=excluded.failures_in_a_row,"
                     " failing_since=excluded.failing_since, backup=excluded.backup,"
-                    " last_change=excluded.last_change, hook=excluded.hook, hook_output=excluded.hook_output",
+                    " last_change=excluded.last_change, hook=excluded.hook, hook_output=excluded.hook_output,"
+                    " blocked_key=excluded.blocked_key",
                     (spec.name, branch, spec.source, spec.path, outcome.new_sha, remote, outcome.etag, now,
-                     outcome.summary(), error, fails, since, backup, change, hook, hook_out))
+                     outcome.summary(), error, fails, since, backup, change, hook, hook_out, blocked))
                 last = self.db.execute("SELECT id, trigger, result, old_sha, new_sha, detail FROM history"
                                        " WHERE repo = ? ORDER BY id DESC LIMIT 1", (spec.name,)).fetchone()
                 same = (last is not None and not outcome.moved and outcome.hook is None
