@@ -17,8 +17,8 @@ from . import __version__
 from .config import load_config
 from .errors import AgentError, ConfigError
 from .logs import setup_logging
-from .model import OK_RESULTS, format_seconds, short
-from .state import STATUS_FIELDS, State, iso
+from .model import OK_RESULTS, short
+from .state import STATUS_FIELDS, State
 
 log = logging.getLogger("sync_agent")
 PRUNE_EVERY = 3600.0

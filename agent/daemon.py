@@ -74,8 +74,9 @@ class Checker:
             m = self.memos.get(spec.name)
             if m is None or m.key != _memo_key(spec):
                 row = self.state.repo(spec.name) or {}
-                same = row.get("path") == spec.path and (row.get("branch") in (None, spec.branch))
-                m = Memo(etag=row.get("etag") if same else None, remote_sha=row.get("remote_sha") if same else None)
+                same = row.get("path") == spec.path and (spec.branch is None or row.get("branch") in (None, spec.branch))
+                m = Memo(etag=row.get("etag") if same else None, remote_sha=row.get("remote_sha") if same else None,
+                         etag_branch=row.get("branch") if same else None)
                 m.key = _memo_key(spec)
                 self.memos[spec.name] = m
             return m

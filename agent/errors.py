@@ -41,9 +41,13 @@ class ForgeError(AgentError):
 
 
 class ForgeUnavailableError(ForgeError):
-    """Connection failure, timeout or a 5xx answer: worth retrying."""
+    """Connection failure, timeout or a 5xx answer: worth retrying (a timeout only at the next check)."""
 
     transient = True
+
+    def __init__(self, message, timed_out=False):
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class NotFoundError(ForgeError):

@@ -14,7 +14,7 @@ import time
 from typing import Mapping, NamedTuple, Optional
 
 import requests
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, stop_before_delay, wait_exponential_jitter
+from tenacity import retry, retry_if_exception, stop_after_attempt, stop_before_delay, wait_exponential_jitter
 
 from .errors import (AuthError, BadAnswerError, ForgeError, ForgeUnavailableError, NotFoundError,
                      RateLimitedError)
@@ -46,8 +46,14 @@ def _sleep(seconds):
 
 # Transient failures are retried inside one check, briefly; longer outages are the scheduler's
 # backoff's business (a check must not sit on a worker for minutes).
-retry_transient = retry(retry=retry_if_exception_type(ForgeUnavailableError),
-                        wait=wait_exponential_jitter(initial=0.5, max=8, jitter=0.5),
+def _worth_retrying(e: BaseException) -> bool:
+    # A forge that let a request time out is not asked again within the same check: the check
+    # would hold a worker for several timeouts. The next scheduled check asks again.
+    return isinstance(e, ForgeUnavailableError) and not e.timed_out
+
+
+retry_transient = retry(retry=retry_if_exception(_worth_retrying),
+                        wait=wait_exponential_jitter(multiplier=0.5, max=8, jitter=0.5),
                         stop=stop_after_attempt(4) | stop_before_delay(20), reraise=True, sleep=_sleep)
 
 
@@ -149,8 +155,52 @@ def hms(epoch: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(epoch))
 
 
+# ---- what every forge adapter keeps: counters and the rate-limit pause ------------------------------------------
+class QuotaKeeper:
+    """A forge's answer counters (for /metrics) and its rate-limit pause, shared by all its checks.
+
+    The adapter sets `title` (its name in messages), `api` (its base URL) and `clock`.
+    """
+
+    title = ""
+
+    def _init_quota(self):
+        self._lock = threading.Lock()
+        self.paused_until = 0.0
+        self.rate_limit: Optional[int] = None
+        self.rate_remaining: Optional[int] = None
+        self.rate_reset: Optional[int] = None
+        self.responses: dict = {}  # status code (or "error") -> count
+
+    def _wait_if_paused(self):
+        """Raise RateLimitedError, without asking, while the forge told us to wait."""
+        if self.clock() < self.paused_until:
+            raise RateLimitedError(f"{self.title} rate limit: waiting until {hms(self.paused_until)}",
+                                   self.paused_until)
+
+    def _count(self, key):
+        with self._lock:
+            self.responses[key] = self.responses.get(key, 0) + 1
+
+    def _note_rate(self, status, hdrs, body):
+        """Keep the quota figures; on a rate-limit answer, pause this forge until the named time."""
+        now = self.clock()
+        figures = rate_figures(hdrs)
+        with self._lock:
+            if figures.remaining is not None:
+                self.rate_limit, self.rate_remaining, self.rate_reset = figures
+        until = rate_pause(status, hdrs, body if isinstance(body, str) else "", now)
+        if until is None:
+            return
+        with self._lock:
+            self.paused_until = max(self.paused_until, until)
+        log.warning("%s rate limit reached: no requests to %s until %s", self.title, self.api, hms(until))
+        if status in (403, 429):
+            raise RateLimitedError(f"{self.title} rate limit: waiting until {hms(until)}", until)
+
+
 # ---- the base of the plain-REST forges -------------------------------------------------------------------------
-class RestForge:
+class RestForge(QuotaKeeper):
     """A forge's REST API on `requests`: conditional head requests, retries, rate-limit pauses, metrics.
 
     Subclasses name the routes (branch_url, repo_url), the credentials (auth_headers, auth_params)
@@ -170,12 +220,7 @@ class RestForge:
         self.clock = clock
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
-        self._lock = threading.Lock()
-        self.paused_until = 0.0
-        self.rate_limit: Optional[int] = None
-        self.rate_remaining: Optional[int] = None
-        self.rate_reset: Optional[int] = None
-        self.responses: dict = {}  # status code (or "error") -> count, for /metrics
+        self._init_quota()
 
     # ---- what a subclass supplies -------------------------------------------------------------------------
     def branch_url(self, slug: str, branch: str) -> str:
@@ -280,9 +325,7 @@ class RestForge:
     @retry_transient
     def _get(self, path_url: str, headers: dict):
         """(status, headers, text) of one GET; raises for network failures, 5xx, redirects and rate limits."""
-        if self.clock() < self.paused_until:
-            raise RateLimitedError(f"{self.title} rate limit: waiting until {hms(self.paused_until)}",
-                                   self.paused_until)
+        self._wait_if_paused()
         try:
             r = self.session.get(path_url, headers={**headers, **self.auth_headers()}, params=self.auth_params(),
                                  timeout=self.timeout, allow_redirects=False)
@@ -290,7 +333,7 @@ class RestForge:
         except requests.Timeout:
             self._count("error")
             raise ForgeUnavailableError(f"{self.title} API at {self.api} did not answer within "
-                                        f"{self.timeout} s") from None
+                                        f"{self.timeout} s", timed_out=True) from None
         except (requests.RequestException, OSError) as e:
             self._count("error")
             raise ForgeUnavailableError(f"cannot reach the {self.title} API at {self.api}: "
@@ -306,23 +349,3 @@ class RestForge:
             raise BadAnswerError(f"{self.title} API redirected ({status}) to {where or 'nowhere'}; "
                                  f"check api_url")
         return status, r.headers, body
-
-    def _count(self, key):
-        with self._lock:
-            self.responses[key] = self.responses.get(key, 0) + 1
-
-    def _note_rate(self, status, hdrs, body):
-        """Keep the quota figures; on a rate-limit answer, pause this forge until the named time."""
-        now = self.clock()
-        figures = rate_figures(hdrs)
-        with self._lock:
-            if figures.remaining is not None:
-                self.rate_limit, self.rate_remaining, self.rate_reset = figures
-        until = rate_pause(status, hdrs, body, now)
-        if until is None:
-            return
-        with self._lock:
-            self.paused_until = max(self.paused_until, until)
-        log.warning("%s rate limit reached: no requests to %s until %s", self.title, self.api, hms(until))
-        if status in (403, 429):
-            raise RateLimitedError(f"{self.title} rate limit: waiting until {hms(until)}", until)

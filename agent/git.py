@@ -56,7 +56,10 @@ def _show(args, secrets) -> str:
 
 def stderr_tail(text: str, secrets=(), limit=300) -> str:
     lines = [ln.strip() for ln in redact(text, secrets).strip().splitlines() if ln.strip()]
-    out = " | ".join(lines[-4:])
+    # git's own verdict ("fatal: Unable to create '.../index.lock': File exists.") comes before
+    # its advice; keep it when there is one.
+    verdict = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]
+    out = " | ".join(verdict[-3:] or lines[-4:])
     return out[-limit:] if out else "(no message)"
 
 

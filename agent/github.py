@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import urllib.parse
 from typing import Optional
@@ -11,20 +10,19 @@ from typing import Optional
 import requests
 from github import Auth, Github
 
-from .errors import (AuthError, BadAnswerError, ForgeError, ForgeUnavailableError, NotFoundError,
-                     RateLimitedError)
-from .forgehttp import (HTTP_TIMEOUT, SHA_RE, api_message, hms, net_reason, rate_figures, rate_pause,
-                        retry_transient, snippet)
+from .errors import AuthError, BadAnswerError, ForgeError, ForgeUnavailableError, NotFoundError
+from .forgehttp import HTTP_TIMEOUT, SHA_RE, QuotaKeeper, api_message, net_reason, retry_transient, snippet
 from .git import auth_env
 from .model import RemoteHead
 
 log = logging.getLogger("sync_agent.github")
 
 
-class GitHubForge:
+class GitHubForge(QuotaKeeper):
     """One GitHub (or Enterprise) API: heads, repository facts, rate-limit state, git auth."""
 
     kind = "github"
+    title = "GitHub"
 
     def __init__(self, settings, timeout=HTTP_TIMEOUT, clock=time.time):
         self.settings = settings
@@ -34,12 +32,8 @@ class GitHubForge:
         self.gh = Github(auth=Auth.Token(self.token) if self.token else None, base_url=settings.api_url,
                          timeout=timeout, retry=None, seconds_between_requests=None,
                          seconds_between_writes=None, user_agent="sync-agent", lazy=True)
-        self._lock = threading.Lock()
-        self.paused_until = 0.0
-        self.rate_limit: Optional[int] = None
-        self.rate_remaining: Optional[int] = None
-        self.rate_reset: Optional[float] = None
-        self.responses: dict = {}  # status code (or "error") -> count, for /metrics
+        self.api = settings.api_url
+        self._init_quota()
 
     # ---- the interface the sync uses ------------------------------------------------------
     def head(self, spec, branch: str, etag: Optional[str] = None, known_sha: Optional[str] = None) -> RemoteHead:
@@ -81,16 +75,13 @@ class GitHubForge:
     # ---- HTTP ---------------------------------------------------------------------------
     @retry_transient
     def _get(self, path: str, headers: dict):
-        now = self.clock()
-        if now < self.paused_until:
-            raise RateLimitedError(f"GitHub rate limit: waiting until {hms(self.paused_until)}",
-                                   self.paused_until)
+        self._wait_if_paused()
         try:
             status, hdrs, body = self.gh.requester.requestJson("GET", path, headers=dict(headers))
         except requests.Timeout:
             self._count("error")
             raise ForgeUnavailableError(f"GitHub API at {self.settings.api_url} did not answer within "
-                                        f"{HTTP_TIMEOUT} s") from None
+                                        f"{HTTP_TIMEOUT} s", timed_out=True) from None
         except (requests.RequestException, OSError) as e:
             self._count("error")
             raise ForgeUnavailableError(f"cannot reach the GitHub API at {self.settings.api_url}: "
@@ -103,26 +94,6 @@ class GitHubForge:
         if status >= 500:
             raise ForgeUnavailableError(f"GitHub API answered HTTP {status}")
         return status, hdrs, body if isinstance(body, str) else ""
-
-    def _count(self, key):
-        with self._lock:
-            self.responses[key] = self.responses.get(key, 0) + 1
-
-    def _note_rate(self, status, hdrs, body):
-        """Keep the quota figures; on a rate-limit answer, pause this forge until the named time."""
-        now = self.clock()
-        figures = rate_figures(hdrs)
-        with self._lock:
-            if figures.remaining is not None:
-                self.rate_limit, self.rate_remaining, self.rate_reset = figures
-        until = rate_pause(status, hdrs, body if isinstance(body, str) else "", now)
-        if until is not None:
-            with self._lock:
-                self.paused_until = max(self.paused_until, until)
-            log.warning("GitHub rate limit reached: no requests to %s until %s", self.settings.api_url,
-                        hms(until))
-            if status in (403, 429):
-                raise RateLimitedError(f"GitHub rate limit: waiting until {hms(until)}", until)
 
     def _raise_for(self, status, body, slug):
         if 200 <= status < 300:

@@ -89,6 +89,10 @@ class RepoRunner:
                 self._queued = _merge(self._queued, job)
                 return "coalesced"
             if self._running:
+                if trigger == "schedule":
+                    # The schedule fires again anyway; running once more straight away would
+                    # also skip the backoff a failing check is about to set.
+                    return "coalesced"
                 self._again = _merge(self._again, job)
                 return "coalesced"
             self._queued = job

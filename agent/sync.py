@@ -21,6 +21,7 @@ class Memo:
     """What a repo's runner remembers between checks (in memory; etag and remote sha also on disk)."""
 
     etag: Optional[str] = None
+    etag_branch: Optional[str] = None  # the branch the etag and remote sha belong to (None: the followed one)
     remote_sha: Optional[str] = None
     branch: Optional[str] = None  # the default branch, once asked
     clone_url: Optional[str] = None
@@ -66,8 +67,9 @@ def _sync(spec, source, memo, trigger, secrets, drop_env, via_fetch) -> Outcome:
             return Outcome(ERROR, detail=str(e))
     if not via_fetch or place is Place.ABSENT:
         try:
-            head = source.head(spec, branch, memo.etag, memo.remote_sha)
-            memo.etag, memo.remote_sha = head.etag, head.sha
+            known = memo.etag_branch in (None, branch)  # a stored default branch may since have changed
+            head = source.head(spec, branch, memo.etag if known else None, memo.remote_sha if known else None)
+            memo.etag, memo.remote_sha, memo.etag_branch = head.etag, head.sha, branch
         except ForgeError as e:
             remote_error = str(e)
             retry_at = getattr(e, "until", None)
