@@ -227,8 +227,9 @@ class WebhookApp:
         names = route_push(d, self.repos_fn(), self.branch_of)
         if not names:
             return Answer(200, {"ignored": "no configured repo follows this repository and branch"}, "ignored")
+        after = d.after if self.secret is not None else None  # an unverified body is no evidence
         for n in names:
-            self.nudge(n, trigger, d.after)
+            self.nudge(n, trigger, after)
         return Answer(202, {"nudged": names}, "nudged")
 
 

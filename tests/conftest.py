@@ -24,7 +24,10 @@ _DROPPED_ENV = ("GIT_", "GITHUB_", "SYNC_AGENT_")
 
 
 def agent_command(env):
-    """argv prefix that runs the agent: the installed console script, else `python -m agent` from the tree."""
+    """argv prefix that runs the agent: the venv's console script, else one on PATH, else `python -m agent`."""
+    beside = Path(sys.executable).parent / "sync-agent"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
     script = shutil.which("sync-agent")
     if script:
         return [script]
@@ -172,3 +175,55 @@ def daemon(tmp_path, agent_env):
     yield start_daemon
     for d in started:
         d.kill()
+
+
+@dataclass
+class SyncCase:
+    """One repo on the fake forge, its configured checkout path, and a config file naming them."""
+
+    remote: Remote
+    path: Path
+    config_path: Path
+    state_dir: Path
+    run_cli: object
+
+    def check(self, *names, env=None, timeout=60):
+        """`sync-agent check -c CONFIG [NAME...]` to completion."""
+        return self.run_cli("check", "-c", self.config_path, *names, env=env, timeout=timeout)
+
+    def status(self, *args, env=None):
+        return self.run_cli("status", "-c", self.config_path, *args, env=env)
+
+    def head(self):
+        """HEAD of the checkout (None when there is none)."""
+        return gitfix.head(self.path)
+
+    def git(self, *args, check=True):
+        return gitfix.git(*args, cwd=self.path, check=check)
+
+
+def repo_entry(r, path, **extra):
+    """A `[[repos]]` table following r's main branch into path."""
+    return {"name": r.name, "github": r.full_name, "branch": "main", "path": str(path), **extra}
+
+
+def agent_config(forge, tmp_path, repos, **agent):
+    """A config dict: state under tmp_path/state, the fake forge as the API, these `[[repos]]`."""
+    return {"agent": {"state_dir": str(tmp_path / "state"), **agent}, "github": {"api_url": forge.base_url},
+            "repos": repos}
+
+
+@pytest.fixture
+def sync_case(tmp_path, forge, remote, write_config, cli):
+    """Factory: sync_case(checkout=True, name="demo", **repo_keys) -> SyncCase; checkout=True clones it first."""
+
+    def make(checkout=True, name="demo", **repo_keys):
+        r = remote(name)
+        path = tmp_path / "checkouts" / name
+        if checkout:
+            path.parent.mkdir(exist_ok=True)
+            gitfix.clone(r.bare, path)
+        config = write_config(agent_config(forge, tmp_path, [repo_entry(r, path, **repo_keys)]))
+        return SyncCase(r, path, config, tmp_path / "state", cli)
+
+    return make
