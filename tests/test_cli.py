@@ -5,7 +5,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 
 import gitfix
 from conftest import ROOT, agent_command, agent_config, repo_entry
