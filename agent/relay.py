@@ -9,6 +9,7 @@ import base64
 import json
 import logging
 import random
+import socket
 import threading
 import time
 
@@ -119,9 +120,14 @@ class RelayClient:
         self._stop.set()
         r = self._response
         if r is not None:
+            # Wake the reading thread now: closing the response alone waits for the next byte,
+            # which on a quiet channel is up to READ_TIMEOUT away.
+            sock = getattr(getattr(r.raw, "connection", None), "sock", None)
             try:
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
                 r.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - already closed
                 pass
         if self._thread:
             self._thread.join(5)

@@ -300,3 +300,13 @@ def test_delivery_of_smee_and_gosmee():
 
     for data in ("not json", "[1]", "{}", '{"x-github-event": "push"}', '{"bodyB": "***not base64***"}'):
         assert delivery_of(data) is None, data
+
+
+def test_sigterm_is_prompt_on_a_quiet_channel(relayed):
+    """A relay channel that sends nothing (no pings, no keep-alives) does not hold up SIGTERM: the daemon
+    exits 0 within a few seconds, not after the 90 s read timeout."""
+    r = relayed()
+    time.sleep(0.5)  # the stream is idle now: the relay thread sits in a read
+    t0 = time.monotonic()
+    assert r.daemon.stop(timeout=20) == 0
+    assert time.monotonic() - t0 < 5, time.monotonic() - t0
