@@ -5,14 +5,14 @@ import os
 import json
 import math
 import re
-import socket
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from loopback import LoopbackServer, TrackedHandler
 
 PREFIX = "/api/v3"
 SHA_MEDIA = "application/vnd.github.sha"
@@ -82,29 +82,7 @@ def _commit_info(bare, sha):
     }
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: every answer carries Content-Length
-    disable_nagle_algorithm = True  # headers and body go out in two writes: avoid a 40 ms delayed-ACK stall
-    forge = None  # set on a per-server subclass
-
-    def log_message(self, *args):
-        pass
-
-    def setup(self):
-        super().setup()
-        self.forge._track(self.connection, add=True)
-
-    def finish(self):
-        try:
-            super().finish()
-        finally:
-            self.forge._track(self.connection, add=False)
-
+class _Handler(TrackedHandler):
     def do_GET(self):
         self._serve(send_body=True)
 
@@ -130,49 +108,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-class FakeGitHub:
+class FakeGitHub(LoopbackServer):
     """GitHub's head-checking REST routes with ETags, rate limits and injectable faults."""
+
+    handler = _Handler
 
     def __init__(self):
         self._lock = threading.Lock()
         self._repos = {}  # lowercased full name -> (full_name, bare path, default branch)
-        self._conns = set()
         self._budgets = {}  # token or None -> {"used": n, "reset": epoch}
-        self._server = None
-        self.port = None
+        self._init_server()
         self.requests = []
         self.auth_limit, self.anon_limit = 5000, 60
         self.delay = 0.0
         self.require_token = None
         self.clear_faults()
-
-    # lifecycle -----------------------------------------------------------
-    def start(self):
-        """Listen on 127.0.0.1 (the same port again after a stop) and serve in a daemon thread."""
-        handler = type("Handler", (_Handler,), {"forge": self})
-        self._server = _Server(("127.0.0.1", self.port or 0), handler)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def stop(self):
-        """Stop listening and cut open keep-alive connections, so clients see the outage."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._server = None
-        with self._lock:
-            conns, self._conns = list(self._conns), set()
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    @property
-    def web_root(self):
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def base_url(self):
@@ -242,10 +192,6 @@ class FakeGitHub:
             return [r for r in self.requests if since is None or r["t"] >= since]
 
     # serving ---------------------------------------------------------------
-    def _track(self, conn, add):
-        with self._lock:
-            (self._conns.add if add else self._conns.discard)(conn)
-
     def _answer(self, method, raw_path, headers):
         """Status, headers and body for one request; logs it."""
         t = time.monotonic()

@@ -10,14 +10,14 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from loopback import LoopbackServer, TrackedHandler
 
 _GIT_ENV = {"LC_ALL": "C", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
 _TOKEN_AUTH = re.compile(r"^\s*token\s+(\S+)\s*$", re.IGNORECASE)
@@ -74,29 +74,7 @@ def _rev_parse(bare, rev):
     return sha if out.returncode == 0 and len(sha) == 40 else None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    forge = None
-
-    def log_message(self, *args):
-        pass
-
-    def setup(self):
-        super().setup()
-        self.forge._track(self.connection, add=True)
-
-    def finish(self):
-        try:
-            super().finish()
-        finally:
-            self.forge._track(self.connection, add=False)
-
+class _Handler(TrackedHandler):
     def do_GET(self):
         self._serve(b"")
 
@@ -129,8 +107,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-class FakeForge:
+class FakeForge(LoopbackServer):
     """One forge of the given style ("gitee", "gitlab", "gitea") with ETags, faults, rate limits and a token check."""
+
+    handler = _Handler
 
     def __init__(self, style, token=None):
         self.style_name = style
@@ -139,37 +119,9 @@ class FakeForge:
         self.etags = self.style.etags
         self._lock = threading.Lock()
         self._repos = {}  # lowercased path -> (path, bare, default branch)
-        self._conns = set()
-        self._server = None
-        self.port = None
+        self._init_server()
         self.requests = []
         self.clear_faults()
-
-    # lifecycle -----------------------------------------------------------
-    def start(self):
-        handler = type("Handler", (_Handler,), {"forge": self})
-        self._server = _Server(("127.0.0.1", self.port or 0), handler)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def stop(self):
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._server = None
-        with self._lock:
-            conns, self._conns = list(self._conns), set()
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    @property
-    def web_root(self):
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def base_url(self):
@@ -235,10 +187,6 @@ class FakeForge:
             self.requests.clear()
 
     # serving ---------------------------------------------------------------
-    def _track(self, conn, add):
-        with self._lock:
-            (self._conns.add if add else self._conns.discard)(conn)
-
     def _answer(self, method, raw_target, headers, body_in):
         parts = urlsplit(raw_target)
         raw, query = parts.path, parse_qs(parts.query)
