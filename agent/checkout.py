@@ -15,6 +15,8 @@ BACKUP_PREFIX = "refs/sync-agent/backup/"
 
 # git's own words (LANG=C) when a fast-forward would overwrite local work.
 _WOULD_OVERWRITE = ("would be overwritten by merge", "would be overwritten by checkout")
+# Paths the agent hands to git are names, not patterns.
+_LITERAL = {"GIT_LITERAL_PATHSPECS": "1"}
 
 
 def place_of(path: str) -> Place:
@@ -63,8 +65,9 @@ class Checkout:
         self.path = path
         self.secrets = tuple(s for s in secrets if s)
 
-    def _git(self, *args, timeout=LOCAL_TIMEOUT, env=None, check=True):
-        return run_git(args, cwd=self.path, timeout=timeout, env=env, check=check, secrets=self.secrets)
+    def _git(self, *args, timeout=LOCAL_TIMEOUT, env=None, check=True, input=None):
+        return run_git(args, cwd=self.path, timeout=timeout, env=env, check=check, secrets=self.secrets,
+                       input=input)
 
     # ---- reading, cheaply ---------------------------------------------------------------
     def git_dir(self) -> str:
@@ -175,8 +178,9 @@ class Checkout:
 
     def fast_forward(self, sha: str) -> Optional[str]:
         """`git merge --ff-only SHA`; return None on success, git's reason when it refused
-        because local edits or untracked files would be overwritten. Other failures raise."""
-        p = self._git("merge", "--ff-only", "--no-stat", "-q", sha, check=False)
+        because local edits or untracked files, ignored ones included, would be overwritten.
+        Other failures raise."""
+        p = self._git("merge", "--ff-only", "--no-overwrite-ignore", "--no-stat", "-q", sha, check=False)
         if p.returncode == 0:
             return None
         if any(w in p.stderr for w in _WOULD_OVERWRITE):
@@ -185,7 +189,8 @@ class Checkout:
                        f"{stderr_tail(p.stderr, self.secrets)}", p.returncode, p.stderr)
 
     def save_and_reset(self, local: Optional[str], remote: str, dirty: bool) -> str:
-        """Keep L under a backup ref, stash dirty work (untracked files too), reset to R.
+        """Keep L under a backup ref, stash dirty work (untracked files too) and any ignored
+        files R would put a tracked file over, reset to R.
 
         Returns a sentence naming where the local work went.
         """
@@ -197,13 +202,76 @@ class Checkout:
             saved.append(f"{ref} (HEAD was {local[:12]})")
         if dirty:
             msg = f"sync-agent: local changes before reset to {remote[:12]} at {stamp}"
-            self._git("stash", "push", "--include-untracked", "-m", msg, env=AGENT_IDENTITY)
-            stash = self._git("rev-parse", "-q", "--verify", "refs/stash").stdout.strip()
+            stash = self._stash(msg, "--include-untracked")
             ref = _free_ref(self, BACKUP_PREFIX + stamp + "-worktree")
             self._git("update-ref", "--create-reflog", "-m", "sync-agent: local changes", ref, stash)
             saved.append(f"stash {stash[:12]} '{msg}' (also {ref})")
+        ignored = self._ignored_in_the_way(local, remote)
+        if ignored:
+            msg = f"sync-agent: ignored files before reset to {remote[:12]} at {stamp}"
+            stash = self._stash(msg, "--all", paths=ignored)
+            ref = _free_ref(self, BACKUP_PREFIX + stamp + "-ignored")
+            self._git("update-ref", "--create-reflog", "-m", "sync-agent: ignored files", ref, stash)
+            saved.append(f"stash {stash[:12]} '{msg}' (also {ref})")
         self._git("reset", "--hard", "-q", remote)
         return "; ".join(saved)
+
+    def _stash(self, msg: str, which: str, paths=()) -> str:
+        """`git stash push WHICH` (of PATHS only, when given); return the new stash commit."""
+        before = self._git("rev-parse", "-q", "--verify", "refs/stash", check=False).stdout.strip()
+        if paths:
+            self._git("stash", "push", which, "-m", msg, "--pathspec-from-file=-", "--pathspec-file-nul",
+                      env={**AGENT_IDENTITY, **_LITERAL}, input="\0".join(paths) + "\0")
+        else:
+            self._git("stash", "push", which, "-m", msg, env=AGENT_IDENTITY)
+        stash = self._git("rev-parse", "-q", "--verify", "refs/stash", check=False).stdout.strip()
+        if not stash or stash == before:  # nothing was saved: never go on to the reset
+            raise GitError(f"`git stash push {which}` saved nothing; not resetting over {', '.join(paths[:5])}")
+        return stash
+
+    def _ignored_in_the_way(self, local: Optional[str], remote: str) -> list:
+        """Ignored paths that a reset to REMOTE would overwrite or remove: files where REMOTE adds a
+        file, files where it needs a directory, and ignored content of directories where it adds a
+        file. git counts ignored files as expendable; their owner may not. Costs one git process,
+        and one or two more only when something stands in the way."""
+        if local:
+            out = self._git("diff", "--name-only", "-z", "--no-renames", "--diff-filter=A", local, remote).stdout
+        else:
+            out = self._git("ls-tree", "-r", "-z", "--name-only", remote).stdout
+        files, dirs, looked, not_dirs = [], [], set(), set()
+        for rel in filter(None, out.split("\0")):
+            parts = rel.split("/")
+            below_a_file = False
+            for i in range(1, len(parts)):  # where REMOTE needs a directory
+                sub = "/".join(parts[:i])
+                if sub not in looked:
+                    looked.add(sub)
+                    full = os.path.join(self.path, sub)
+                    if os.path.islink(full) or (os.path.lexists(full) and not os.path.isdir(full)):
+                        files.append(sub)
+                        not_dirs.add(sub)
+                if sub in not_dirs:  # what stands there goes as a whole; nothing below it to look at
+                    below_a_file = True
+                    break
+            if below_a_file:
+                continue
+            full = os.path.join(self.path, rel)  # where REMOTE puts a file
+            if os.path.islink(full) or os.path.isfile(full):
+                files.append(rel)
+            elif os.path.isdir(full):
+                dirs.append(rel)
+        found = []
+        if files:  # which of them git ignores (and does not track)
+            p = self._git("check-ignore", "-z", "--stdin", input="\0".join(files) + "\0",
+                          check=False)
+            if p.returncode not in (0, 1):
+                raise GitError(f"`git check-ignore` failed (exit {p.returncode}): {stderr_tail(p.stderr)}")
+            found += [f for f in p.stdout.split("\0") if f]
+        if dirs:
+            p = self._git("ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory", "--",
+                          *dirs, env=_LITERAL)
+            found += [f for f in p.stdout.split("\0") if f]
+        return found
 
     def clone(self, url: str, branch: str, env=None) -> str:
         """Clone the branch into the (missing or empty) path; return the new HEAD sha.

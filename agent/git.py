@@ -31,15 +31,17 @@ def _base_env() -> dict:
     return env
 
 
-def run_git(args, cwd=None, timeout=LOCAL_TIMEOUT, env=None, check=True, secrets=()):
-    """Run `git ARGS`; return the CompletedProcess (text). Raise GitError on failure or timeout."""
+def run_git(args, cwd=None, timeout=LOCAL_TIMEOUT, env=None, check=True, secrets=(), input=None):
+    """Run `git ARGS` (INPUT, if given, on its stdin); return the CompletedProcess (text).
+    Raise GitError on failure or timeout."""
     full_env = _base_env()
     if env:
         full_env.update(env)
     cmd = ["git", *args]
     try:
-        p = subprocess.run(cmd, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, errors="replace", timeout=timeout)
+        stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+        p = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, errors="replace",
+                           timeout=timeout, **stdin)
     except subprocess.TimeoutExpired:
         raise GitError(f"`{_show(args, secrets)}` timed out after {timeout:g} s") from None
     except OSError as e:

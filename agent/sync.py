@@ -125,6 +125,13 @@ def _sync(spec, source, memo, trigger, secrets, drop_env, via_fetch) -> Outcome:
             continue
         if a is Action.FAST_FORWARD:
             refusal = co.fast_forward(remote_sha)
+            if refusal and spec.mode == "reset":
+                # Only ignored files can be in the way here (the checkout was clean): reset mode
+                # saves them in a named stash and goes on, as it does for any other local work.
+                saved = co.save_and_reset(local, remote_sha, co.is_dirty())
+                out = Outcome(RESET, local, remote_sha, remote_sha, detail=f"behind, {refusal}",
+                              backup=saved or None)
+                return _moved(spec, branch, out, trigger, secrets, drop_env)
             if refusal:
                 return Outcome(BLOCKED, local, local, remote_sha, detail=refusal)
             return _moved(spec, branch, Outcome(UPDATED, local, remote_sha, remote_sha), trigger, secrets,

@@ -203,7 +203,7 @@ def assert_reset(case, done, old):
     assert line(done).startswith(f"demo: reset {old[:7]}..{case.remote.head()[:7]}")
     assert case.head() == case.remote.head()
     assert case.git("symbolic-ref", "--short", "HEAD") == "main"
-    heads = {ref: sha for ref, sha in backups(case).items() if not ref.endswith("-worktree")}
+    heads = {ref: sha for ref, sha in backups(case).items() if not ref.endswith(("-worktree", "-ignored"))}
     assert list(heads.values()) == [old], backups(case)
     (ref,) = heads
     assert re.fullmatch(BACKUPS + r"\d{8}T\d{6}Z", ref), ref
@@ -251,6 +251,82 @@ def test_reset_mode_dirty_and_behind_stashes_local_work_without_a_git_identity(s
     assert (case.path / "README.md").read_bytes() == mine
     assert (case.path / "notes" / "todo.txt").read_bytes() == notes
     assert (case.path / "app" / "data.txt").read_text() == "data 2\n"
+
+
+# ---- ignored files: git counts them as expendable, the user may not -------------------------------------------------
+def ignore_locally(case, *patterns):
+    """Ignore PATTERNS in this checkout only (.git/info/exclude), as someone keeping local files would."""
+    exclude = case.path / ".git" / "info" / "exclude"
+    exclude.parent.mkdir(exist_ok=True)
+    with exclude.open("a") as f:
+        f.write("".join(p + "\n" for p in patterns))
+
+
+def test_ff_only_blocks_when_an_ignored_file_would_be_overwritten(sync_case):
+    """ff-only: an ignored file at a path the push starts tracking blocks the update; the file stays."""
+    case = sync_case()
+    ignore_locally(case, "local.conf")
+    mine = gitfix.untracked(case.path, "app/local.conf", "my settings\n")
+    assert case.git("status", "--porcelain") == ""  # not a local change in git's eyes
+    case.remote.pusher.commit({"app/local.conf": "theirs\n"})
+    before = snapshot(case.path)
+    done = case.check()
+    assert done.returncode == 1, done.output
+    assert line(done).startswith("demo: blocked: untracked files would be overwritten"), line(done)
+    assert "app/local.conf" in line(done)
+    assert (case.path / "app" / "local.conf").read_bytes() == mine
+    assert snapshot(case.path) == before
+
+
+@pytest.mark.parametrize("how", ["behind", "diverged"])
+def test_reset_mode_saves_ignored_files_in_the_way_in_a_named_stash(sync_case, agent_env, how):
+    """reset: ignored files the new commit would overwrite (a file over a file, a directory over a file,
+    a file over an ignored directory) go to a stash the agent names; other ignored files stay put."""
+    case = sync_case(mode="reset")
+    ignore_locally(case, "local.conf", "cache", "build/", "tmp/", "notes.local")
+    mine = {"app/local.conf": gitfix.untracked(case.path, "app/local.conf", "my settings\n"),
+            "cache": gitfix.untracked(case.path, "cache", "a cache file\n"),
+            "build/out.bin": gitfix.untracked(case.path, "build/out.bin", "built here\n"),
+            "tmp/a.txt": gitfix.untracked(case.path, "tmp/a.txt", "scratch a\n")}
+    kept = {"tmp/keep.txt": gitfix.untracked(case.path, "tmp/keep.txt", "scratch keep\n"),
+            "notes.local": gitfix.untracked(case.path, "notes.local", "my notes\n")}
+    if how == "diverged":
+        gitfix.local_commit(case.path)
+    old = case.head()
+    assert case.git("status", "--porcelain") == ""
+    theirs = {"app/local.conf": "theirs\n", "cache/index.txt": "index\n", "build": "a file now\n",
+              "tmp/a.txt": "tracked a\n"}
+    case.remote.pusher.commit(theirs)
+    done = case.check(env=agent_env)  # no git identity anywhere
+    assert_reset(case, done, old)
+    for rel, text in theirs.items():
+        assert (case.path / rel).read_text() == text, rel
+    for rel, content in kept.items():
+        assert (case.path / rel).read_bytes() == content, f"{rel} was not in the way and must stay"
+
+    (ref,) = [r for r in backups(case) if r.endswith("-ignored")]
+    assert ref in line(done) and "ignored files" in line(done), line(done)
+    assert "sync-agent: ignored files" in case.git("stash", "list")
+    assert ref in case.status().output
+    # Every file that was in the way is in the stash's untracked-files commit, byte for byte.
+    for rel, content in mine.items():
+        assert (case.git("show", f"{ref}^3:{rel}") + "\n").encode() == content, rel
+    saved = set(case.git("ls-tree", "-r", "--name-only", f"{ref}^3").splitlines())
+    assert saved == set(mine), saved
+
+
+def test_reset_mode_without_ignored_files_in_the_way_makes_no_extra_stash(sync_case):
+    """reset: ignored files elsewhere are neither stashed nor touched."""
+    case = sync_case(mode="reset")
+    ignore_locally(case, "*.log")
+    log = gitfix.untracked(case.path, "app/run.log", "log lines\n")
+    gitfix.local_commit(case.path)
+    old = case.head()
+    case.remote.pusher.commit({"app/other.txt": "new\n"})
+    done = case.check()
+    assert_reset(case, done, old)
+    assert (case.path / "app" / "run.log").read_bytes() == log
+    assert not [r for r in backups(case) if r.endswith("-ignored")] and case.git("stash", "list") == ""
 
 
 # ---- the forge does not know the branch or the repository ---------------------------------------------------------
