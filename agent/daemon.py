@@ -14,6 +14,7 @@ from .checkout import Checkout
 from .forgehttp import stop_retrying
 from .github import GitHubForge
 from .gitsource import GitSource
+from .hooks import PendingHook
 from .locks import repo_lock
 from .metrics import Metrics
 from .webhook import WebhookApp
@@ -91,7 +92,8 @@ class Checker:
             return Outcome(ERROR, detail=f"{e}; try again later", seconds=time.monotonic() - t0)
         try:
             out = sync_repo(spec, self.sources[spec.source], memo, trigger, secrets=cfg.secrets(),
-                            drop_env=drop_env(cfg), via_fetch=via_fetch)
+                            drop_env=drop_env(cfg), via_fetch=via_fetch,
+                            pending=PendingHook(cfg.agent.state_dir, spec.name))
         finally:
             lock.release()
         return out

@@ -1,10 +1,12 @@
 """Run a repo's on_change command after the checkout moved (SPEC section 8)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
+from typing import Optional
 
 from .git import redact
 from .model import HookRun
@@ -56,3 +58,42 @@ def _kill_group(proc):
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+class PendingHook:
+    """A file under state_dir saying: this checkout is moving, or has moved, and on_change has not
+    finished yet. Written before the move and removed after the check, so a daemon killed in
+    between (power cut, SIGKILL, OOM) still runs the hook once it is back.
+
+    `retried` marks a hook that is being run again after such a stop: if that run is cut off too
+    (a hook that restarts the machine or the agent itself), it is not run a third time.
+    """
+
+    def __init__(self, state_dir: str, name: str):
+        # name is validated at config load (no '/', no leading '.'), so this stays inside state_dir
+        self.path = os.path.join(state_dir, "hooks", f"{name}.pending")
+
+    def mark(self, branch, old_sha, new_sha, trigger, retried=False):
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"branch": branch, "old": old_sha, "new": new_sha, "trigger": trigger, "retried": retried}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def read(self) -> Optional[dict]:
+        try:
+            with open(self.path) as f:
+                m = json.load(f)
+            return m if isinstance(m, dict) and isinstance(m.get("trigger"), str) else None
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):  # unreadable or half-written: nothing to go on
+            return None
+
+    def clear(self):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass

@@ -10,8 +10,8 @@ from typing import Optional
 from .checkout import Checkout, place_of, same_repository
 from .decide import Action, Facts, Place, Relation, plan_sync
 from .errors import AgentError, ForgeError
-from .hooks import run_hook
-from .model import BLOCKED, CLONED, ERROR, RESET, UP_TO_DATE, UPDATED, Outcome
+from .hooks import PendingHook, run_hook
+from .model import BLOCKED, CLONED, ERROR, RESET, UP_TO_DATE, UPDATED, Outcome, short
 
 log = logging.getLogger("sync_agent.sync")
 
@@ -32,26 +32,68 @@ class Memo:
     key: tuple = ()  # the repo settings this memo belongs to
 
 
-def sync_repo(spec, source, memo: Memo, trigger: str, secrets=(), drop_env=(), via_fetch=False) -> Outcome:
+def sync_repo(spec, source, memo: Memo, trigger: str, secrets=(), drop_env=(), via_fetch=False,
+              pending: Optional[PendingHook] = None) -> Outcome:
     """Check one repo and bring its checkout in step; never raises for an expected failure.
 
     via_fetch: skip the API and let `git fetch` tell the remote head (a verified webhook delivery).
+    pending: where to note a move whose hook has not run yet, so that it runs even after a crash.
     """
     t0 = time.monotonic()
+    recovered = None
     try:
-        out = _sync(spec, source, memo, trigger, secrets, drop_env, via_fetch)
+        if pending is not None:
+            recovered = _interrupted_hook(spec, pending, secrets, drop_env)
+        out = _sync(spec, source, memo, trigger, secrets, drop_env, via_fetch, pending)
     except (AgentError, OSError) as e:
         out = Outcome(ERROR, detail=_one_line(e))
     except Exception as e:  # noqa: BLE001 - a check must not kill its runner; say what broke
         log.debug("unexpected failure in a check of %s", spec.name, exc_info=True)
         out = Outcome(ERROR, detail=f"internal error: {type(e).__name__}: {_one_line(e)}")
+    if pending is not None:
+        try:
+            pending.clear()  # the move did not happen, or its hook ran
+        except OSError as e:
+            log.warning("%s: cannot remove %s: %s", spec.name, pending.path, e.strerror)
+    if recovered is not None and out.hook is None:
+        out.hook = recovered
     out.seconds = time.monotonic() - t0
     if out.etag is None:
         out.etag = memo.etag
     return out
 
 
-def _sync(spec, source, memo, trigger, secrets, drop_env, via_fetch) -> Outcome:
+def _interrupted_hook(spec, pending, secrets, drop_env):
+    """Run the hook of a move that an earlier run made but did not see through; None when there is none."""
+    m = pending.read()
+    if m is None:
+        pending.clear()
+        return None
+    local = None
+    if spec.on_change and place_of(spec.path) is Place.CHECKOUT:
+        local, _ = Checkout(spec.path, secrets).read_head()
+    # A clone (no old head) that is there, or the very commit the move was going to: the move happened.
+    if local is None or (m.get("old") is not None and local != m.get("new")):
+        pending.clear()
+        return None
+    shas, extra = f"{short(m.get('old'))}..{short(local)}", {"repo": spec.name, "trigger": m["trigger"]}
+    if m.get("retried"):
+        # Its second run was cut off too: a hook that stops the agent (or the machine) would
+        # otherwise run at every start.
+        log.warning("%s: the on_change hook for %s was cut off twice (the agent was stopped while it ran); "
+                    "not running it again", spec.name, shas, extra=extra)
+        pending.clear()
+        return None
+    log.warning("%s: the on_change hook for %s did not finish (the agent was stopped); running it now",
+                spec.name, shas, extra=extra)
+    branch = m.get("branch") or spec.branch or ""
+    pending.mark(branch, m.get("old"), local, m["trigger"], retried=True)
+    run = run_hook(spec, branch, m.get("old"), local, m["trigger"], secrets, drop_env)
+    pending.clear()
+    return run
+
+
+def _sync(spec, source, memo, trigger, secrets, drop_env, via_fetch, pending=None) -> Outcome:
     co = Checkout(spec.path, secrets)
     place = place_of(spec.path)
     branch = spec.branch or memo.branch
@@ -95,6 +137,8 @@ def _sync(spec, source, memo, trigger, secrets, drop_env, via_fetch) -> Outcome:
                         ", ".join(cleared))
     while True:
         a = plan.action
+        if pending is not None and spec.on_change and a in (Action.CLONE, Action.FAST_FORWARD, Action.RESET):
+            pending.mark(branch, local, remote_sha, trigger)
         if a is Action.CLONE:
             url = _clone_url(spec, source, memo)
             sha = co.clone(url, branch, env=source.git_env(url))

@@ -213,6 +213,76 @@ def test_kill_during_slow_hook(tmp_path, forge, remote, write_config, daemon, cl
     assert d2.stop() == 0
 
 
+def test_hook_cut_off_by_a_crash_runs_again_after_restart(tmp_path, forge, remote, write_config, daemon):
+    """A deploy hook must not be lost: killed while on_change runs, the restarted daemon runs it once more
+    for the same move (same OLD, NEW and trigger) although the checkout has nothing left to do, and then
+    goes on as usual."""
+    r = remote("demo")
+    path = tmp_path / "checkouts" / "demo"
+    path.parent.mkdir()
+    gitfix.clone(r.bare, path)
+    runs, marker = tmp_path / "runs.txt", tmp_path / "hook.pid"
+    hook = (f'echo "$SYNC_AGENT_OLD_SHA $SYNC_AGENT_NEW_SHA $SYNC_AGENT_TRIGGER" >> "{runs}"; '
+            f'if [ ! -e "{marker}" ]; then echo $$ > "{marker}"; sleep 30; fi')
+    config = write_config(agent_config(forge, tmp_path, [repo_entry(r, path, every="1s", on_change=hook)]))
+    old = gitfix.head(path)
+    new = r.pusher.commit()
+    d = daemon(config)
+    hook_pid = int(wait_until(lambda: marker.exists() and marker.read_text().strip(), 20, interval=0.02,
+                              what="the hook to start"))
+    os.killpg(d.proc.pid, signal.SIGKILL)
+    d.proc.wait()
+    try:
+        os.killpg(hook_pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    assert gitfix.head(path) == new  # the hook runs after the move
+    assert runs.read_text().splitlines() == [f"{old} {new} schedule"]
+
+    d2 = daemon(config)
+    wait_until(lambda: len(runs.read_text().splitlines()) >= 2, 20, interval=0.1, what="the hook run again")
+    d2.wait_log(r"demo: the on_change hook for .* did not finish .*running it now", 10)
+    newer = r.pusher.commit()
+    wait_until(lambda: len(runs.read_text().splitlines()) >= 3, 20, interval=0.1, what="the next push's hook")
+    time.sleep(2.5)  # a couple more checks: the recovered hook is not run again
+    assert runs.read_text().splitlines() == [f"{old} {new} schedule", f"{old} {new} schedule",
+                                             f"{new} {newer} schedule"]
+    assert not list((tmp_path / "state").glob("hooks/*.pending")), "the marker is gone once the hook ran"
+    assert d2.alive() and "Traceback" not in d2.log()
+    assert d2.stop() == 0
+
+
+def test_hook_cut_off_twice_is_not_run_a_third_time(tmp_path, forge, remote, write_config, daemon):
+    """A hook that takes the agent down with it (one that restarts the agent or the machine) must not
+    run at every start: after its second run is cut off too, the next start says so and leaves it."""
+    r = remote("demo")
+    path = tmp_path / "checkouts" / "demo"
+    path.parent.mkdir()
+    gitfix.clone(r.bare, path)
+    runs = tmp_path / "runs.txt"
+    hook = f'echo "$SYNC_AGENT_OLD_SHA $SYNC_AGENT_NEW_SHA" >> "{runs}"; sleep 30'
+    config = write_config(agent_config(forge, tmp_path, [repo_entry(r, path, every="1s", on_change=hook)]))
+    old, new = gitfix.head(path), r.pusher.commit()
+
+    def lines():
+        return runs.read_text().splitlines() if runs.exists() else []
+
+    for n in (1, 2):  # the first run, then the rerun after the restart: both killed mid-hook
+        d = daemon(config)
+        wait_until(lambda: len(lines()) >= n, 20, interval=0.02, what=f"hook run {n}")
+        d.kill()  # the daemon's process group: the hook goes with it
+    assert lines() == [f"{old} {new}"] * 2
+
+    d3 = daemon(config)
+    d3.wait_log(r"demo: the on_change hook for .* was cut off twice .*not running it again", 15)
+    time.sleep(2.5)  # a couple of checks more
+    assert lines() == [f"{old} {new}"] * 2, "the hook is not run a third time"
+    assert gitfix.head(path) == new
+    assert not list((tmp_path / "state").glob("hooks/*.pending"))
+    assert d3.alive() and "Traceback" not in d3.log()
+    assert d3.stop() == 0
+
+
 def test_kill_during_reset(tmp_path, forge, big, write_config, daemon, cli):
     """Killed in the middle of `git reset --hard` (reset mode, diverged and dirty): the checkout is at the
     old or the new commit, the local commit and the local edit stay reachable; the restart finishes the job."""
