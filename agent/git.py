@@ -57,11 +57,17 @@ def _show(args, secrets) -> str:
 
 
 def stderr_tail(text: str, secrets=(), limit=300) -> str:
-    lines = [ln.strip() for ln in redact(text, secrets).strip().splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in redact(text, secrets).strip().splitlines()
+             if ln.strip() and not ln.startswith("hint:")]
     # git's own verdict ("fatal: Unable to create '.../index.lock': File exists.") comes before
-    # its advice; keep it when there is one.
-    verdict = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]
-    out = " | ".join(verdict[-3:] or lines[-4:])
+    # its advice ("Please make sure ..."): keep what leads up to the last verdict, not what follows.
+    # The cause may sit on the line before ("ssh: Could not resolve hostname ...") or, after a
+    # verdict ending in ':', on the line after ("...: errno=Connection refused").
+    last = max((i for i, ln in enumerate(lines) if ln.startswith(("fatal:", "error:"))), default=None)
+    if last is not None:
+        end = last + 2 if lines[last].endswith(":") else last + 1
+        lines = lines[:end]
+    out = " | ".join(lines[-4:])
     return out[-limit:] if out else "(no message)"
 
 
