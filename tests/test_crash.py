@@ -109,6 +109,25 @@ def kill_during(d, verb, where, timeout=30, match=None):
     raise AssertionError(f"no `git {verb}` seen in {where}; alive={d.alive()}\n{d.log()[-3000:]}")
 
 
+def cloned(remote, tmp_path):
+    """Repo `demo` on the forge and a clone of it at checkouts/demo: (remote, path)."""
+    r = remote("demo")
+    path = tmp_path / "checkouts" / "demo"
+    path.parent.mkdir()
+    gitfix.clone(r.bare, path)
+    return r, path
+
+
+def kill_with_hook(d, hook_pid):
+    """SIGKILL the daemon, and the hook it runs: that has a session of its own and would outlive it."""
+    os.killpg(d.proc.pid, signal.SIGKILL)
+    d.proc.wait()
+    try:
+        os.killpg(hook_pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def fsck_clean(path):
     p = subprocess.run(["git", "fsck", "--no-dangling", "--no-progress"], cwd=path, capture_output=True,
                        text=True, env=gitfix.git_env())
@@ -176,51 +195,12 @@ def test_kill_during_fetch(tmp_path, forge, big, write_config, daemon, cli):
     assert d2.stop() == 0
 
 
-def test_kill_during_slow_hook(tmp_path, forge, remote, write_config, daemon, cli):
-    """Killed while on_change sleeps: the checkout is at the new commit (the hook runs after the move);
-    the restarted daemon follows the next push."""
-    r = remote("demo")
-    path = tmp_path / "checkouts" / "demo"
-    path.parent.mkdir()
-    gitfix.clone(r.bare, path)
-    marker = tmp_path / "hook.pid"
-    hook = f'if [ ! -e "{marker}" ]; then echo $$ > "{marker}"; sleep 30; fi'
-    config = write_config(agent_config(forge, tmp_path, [repo_entry(r, path, every="1s", on_change=hook)]))
-    old = gitfix.head(path)
-    new = r.pusher.commit()
-    d = daemon(config)
-    hook_pid = int(wait_until(lambda: marker.exists() and marker.read_text().strip(), 20, interval=0.02,
-                              what="the hook to start"))
-    time.sleep(0.2)
-    os.killpg(d.proc.pid, signal.SIGKILL)
-    d.proc.wait()
-    try:
-        os.killpg(hook_pid, signal.SIGKILL)  # the hook runs in its own session: it outlives the daemon
-    except ProcessLookupError:
-        pass
-    assert gitfix.head(path) in (old, new)
-    fsck_clean(path)
-    assert gitfix.git("status", "--porcelain", cwd=path) == ""
-    st = cli("status", "--json", "-c", config)
-    assert st.returncode == 0, st.output
-    d2 = daemon(config)
-    wait_until(lambda: gitfix.head(path) == new, 20, interval=0.1, what="the checkout at the pushed commit")
-    newer = r.pusher.commit()
-    wait_until(lambda: gitfix.head(path) == newer, 20, interval=0.1, what="the next push followed")
-    d2.wait_log(r"demo \[schedule\] updated ", 10)
-    fsck_clean(path)
-    assert d2.alive() and "Traceback" not in d2.log()
-    assert d2.stop() == 0
-
-
-def test_hook_cut_off_by_a_crash_runs_again_after_restart(tmp_path, forge, remote, write_config, daemon):
-    """A deploy hook must not be lost: killed while on_change runs, the restarted daemon runs it once more
-    for the same move (same OLD, NEW and trigger) although the checkout has nothing left to do, and then
-    goes on as usual."""
-    r = remote("demo")
-    path = tmp_path / "checkouts" / "demo"
-    path.parent.mkdir()
-    gitfix.clone(r.bare, path)
+def test_kill_during_slow_hook_then_the_hook_runs_again_after_restart(tmp_path, forge, remote, write_config,
+                                                                       daemon, cli):
+    """Killed while on_change sleeps: the checkout is at the new commit (the hook runs after the move) and
+    clean. A deploy hook must not be lost: the restarted daemon runs it once more for the same move (same
+    OLD, NEW and trigger) although the checkout has nothing left to do, then follows the next push."""
+    r, path = cloned(remote, tmp_path)
     runs, marker = tmp_path / "runs.txt", tmp_path / "hook.pid"
     hook = (f'echo "$SYNC_AGENT_OLD_SHA $SYNC_AGENT_NEW_SHA $SYNC_AGENT_TRIGGER" >> "{runs}"; '
             f'if [ ! -e "{marker}" ]; then echo $$ > "{marker}"; sleep 30; fi')
@@ -230,14 +210,13 @@ def test_hook_cut_off_by_a_crash_runs_again_after_restart(tmp_path, forge, remot
     d = daemon(config)
     hook_pid = int(wait_until(lambda: marker.exists() and marker.read_text().strip(), 20, interval=0.02,
                               what="the hook to start"))
-    os.killpg(d.proc.pid, signal.SIGKILL)
-    d.proc.wait()
-    try:
-        os.killpg(hook_pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    kill_with_hook(d, hook_pid)
     assert gitfix.head(path) == new  # the hook runs after the move
+    fsck_clean(path)
+    assert gitfix.git("status", "--porcelain", cwd=path) == ""
     assert runs.read_text().splitlines() == [f"{old} {new} schedule"]
+    st = cli("status", "--json", "-c", config)
+    assert st.returncode == 0, st.output
 
     d2 = daemon(config)
     wait_until(lambda: len(runs.read_text().splitlines()) >= 2, 20, interval=0.1, what="the hook run again")
@@ -248,6 +227,7 @@ def test_hook_cut_off_by_a_crash_runs_again_after_restart(tmp_path, forge, remot
     assert runs.read_text().splitlines() == [f"{old} {new} schedule", f"{old} {new} schedule",
                                              f"{new} {newer} schedule"]
     assert not list((tmp_path / "state").glob("hooks/*.pending")), "the marker is gone once the hook ran"
+    fsck_clean(path)
     assert d2.alive() and "Traceback" not in d2.log()
     assert d2.stop() == 0
 
@@ -255,28 +235,26 @@ def test_hook_cut_off_by_a_crash_runs_again_after_restart(tmp_path, forge, remot
 def test_hook_cut_off_twice_is_not_run_a_third_time(tmp_path, forge, remote, write_config, daemon):
     """A hook that takes the agent down with it (one that restarts the agent or the machine) must not
     run at every start: after its second run is cut off too, the next start says so and leaves it."""
-    r = remote("demo")
-    path = tmp_path / "checkouts" / "demo"
-    path.parent.mkdir()
-    gitfix.clone(r.bare, path)
+    r, path = cloned(remote, tmp_path)
     runs = tmp_path / "runs.txt"
-    hook = f'echo "$SYNC_AGENT_OLD_SHA $SYNC_AGENT_NEW_SHA" >> "{runs}"; sleep 30'
+    hook = f'echo "$SYNC_AGENT_OLD_SHA $SYNC_AGENT_NEW_SHA $$" >> "{runs}"; sleep 30'
     config = write_config(agent_config(forge, tmp_path, [repo_entry(r, path, every="1s", on_change=hook)]))
     old, new = gitfix.head(path), r.pusher.commit()
 
-    def lines():
-        return runs.read_text().splitlines() if runs.exists() else []
+    def runs_so_far():
+        """(OLD NEW, pid) of each hook run."""
+        return [ln.rsplit(" ", 1) for ln in runs.read_text().splitlines()] if runs.exists() else []
 
     for n in (1, 2):  # the first run, then the rerun after the restart: both killed mid-hook
         d = daemon(config)
-        wait_until(lambda: len(lines()) >= n, 20, interval=0.02, what=f"hook run {n}")
-        d.kill()  # the daemon's process group: the hook goes with it
-    assert lines() == [f"{old} {new}"] * 2
+        wait_until(lambda: len(runs_so_far()) >= n, 20, interval=0.02, what=f"hook run {n}")
+        kill_with_hook(d, int(runs_so_far()[-1][1]))
+    assert [shas for shas, _pid in runs_so_far()] == [f"{old} {new}"] * 2
 
     d3 = daemon(config)
     d3.wait_log(r"demo: the on_change hook for .* was cut off twice .*not running it again", 15)
     time.sleep(2.5)  # a couple of checks more
-    assert lines() == [f"{old} {new}"] * 2, "the hook is not run a third time"
+    assert len(runs_so_far()) == 2, "the hook is not run a third time"
     assert gitfix.head(path) == new
     assert not list((tmp_path / "state").glob("hooks/*.pending"))
     assert d3.alive() and "Traceback" not in d3.log()
