@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
@@ -335,7 +335,9 @@ def test_verify_gitee_field_notes_sample():
         assert not verify_gitee(secret.encode(), token, ts, now), now
     assert not verify_gitee(secret.encode(), token, str(t + 1), t)  # another timestamp
     assert not verify_gitee(secret.encode(), token, None, t)
+    assert verify_gitee(secret.encode(), quote(token, safe=""), ts, t)  # the documented form
     assert not verify_gitee(secret.encode(), token[:-2] + "A=", ts, t)
+    assert not verify_gitee(secret.encode(), quote(token[:-2] + "A=", safe=""), ts, t)
     assert not verify_gitee(b"123655", token, ts, t)
     assert not verify_gitee(secret.encode(), None, ts, t)
     assert verify_gitee(secret.encode(), secret, None, t + 10 ** 9)  # password mode: no timestamp needed
