@@ -36,8 +36,9 @@ class FileLock:
                     os.close(fd)
                     raise LockedError(f"{self.what} is busy ({holder or 'held by another process'})") from None
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}\n".encode())
+        # Fixed width, written in place: truncating the file first costs a journal commit on ext4
+        # (~0.2 ms, on every check).
+        os.pwrite(fd, f"pid {os.getpid():<10}\n".encode(), 0)
         self.fd = fd
         return self
 
