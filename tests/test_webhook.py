@@ -467,8 +467,8 @@ def test_slow_clients_do_not_block_others_and_are_cut_off(hooked):
 
 
 def test_flood_of_deliveries_collapses_into_few_checks(hooked):
-    """300 signed deliveries from 8 threads over about 2 s: all 2xx, the checkout reaches the head, few checks
-    run (no more than 5), /healthz answers quickly throughout."""
+    """1,000 signed deliveries over 10 s (100 a second, from 4 senders): all 202, the checkout reaches the
+    head, no forge request and few checks (no more than 5), /healthz answers within 100 ms throughout."""
     h = hooked()
     old = h.head()
     new = h.remote.pusher.commit()
@@ -478,11 +478,13 @@ def test_flood_of_deliveries_collapses_into_few_checks(hooked):
     lock = threading.Lock()
     done = threading.Event()
     mark = time.monotonic()
+    senders, per_sender, seconds = 4, 250, 10.0
 
-    def sender(n):
+    def sender(i):
         client = Client(h.client.port)
-        for _ in range(n):
-            time.sleep(0.04)
+        start = time.monotonic() + i * seconds / (senders * per_sender)  # interleaved, evenly spread
+        for k in range(per_sender):
+            time.sleep(max(0.0, start + k * seconds / per_sender - time.monotonic()))
             try:
                 r = client.deliver(body, signature=sig)
                 with lock:
@@ -504,20 +506,20 @@ def test_flood_of_deliveries_collapses_into_few_checks(hooked):
     probe = threading.Thread(target=prober, daemon=True)
     probe.start()
     t0 = time.monotonic()
-    threads = [threading.Thread(target=sender, args=(n,)) for n in [38] * 4 + [37] * 4]
+    threads = [threading.Thread(target=sender, args=(i,)) for i in range(senders)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(30)
+        t.join(60)
     took = time.monotonic() - t0
     done.set()
     probe.join(5)
 
     assert not errors, errors[:3]
-    assert len(statuses) == 300 and all(200 <= s < 300 for s in statuses), sorted(set(statuses))
-    assert statuses.count(202) == 300
-    assert took < 5, took
-    assert len(health) >= 10 and all(s == 200 and t < 0.5 for s, t in health), health
+    assert len(statuses) == 1000 and statuses.count(202) == 1000, sorted(set(statuses))
+    assert took < 15, took
+    slow = [(s, round(t, 3)) for s, t in health if s != 200 or t >= 0.1]
+    assert len(health) >= 100 and not slow, (len(health), slow)
     wait_until(lambda: h.head() == new, 10, what="the checkout at the pushed commit")
     n_history = wait_until(lambda: stable(lambda: h.checks("webhook")), 10, what="the checks to settle")
     assert n_history == h.log_checks("webhook")
