@@ -205,3 +205,34 @@ def test_checkout_replaced_by_a_plain_directory_is_left_alone(tmp_path, forge, r
     assert not list(path.parent.glob(".demo.sync-agent-clone-*"))
     assert d.alive() and "Traceback" not in d.log()
     assert d.stop() == 0
+
+
+# ---- many repos after one rate limit ----------------------------------------------------------------------
+def test_repos_come_back_from_a_rate_limit_spread_out(tmp_path, forge, remote, write_config, daemon):
+    """A rate limit names one reset time for every repo on the forge. Twelve repos polling every second wait
+    it out without asking (one refused request in all), and afterwards they do not all ask in the same
+    instant: each comes back at the reset plus a jitter of its own (up to 2 s)."""
+    remotes = [remote(f"r{i:02d}") for i in range(12)]
+    paths = {r.full_name: tmp_path / "checkouts" / r.name for r in remotes}
+    config = write_config(agent_config(forge, tmp_path, [repo_entry(r, paths[r.full_name], every="1s")
+                                                        for r in remotes]))
+    d = daemon(config)
+    wait_until(lambda: all(gitfix.head(paths[r.full_name]) == r.head() for r in remotes), 30,
+               what="every repo cloned")
+    forge.rate_limit(3, status=403)  # x-ratelimit-remaining: 0 and one reset time, for every repo
+    limit_end = time.monotonic() + 3
+    d.wait_log(r"GitHub rate limit reached", 10)
+    # the limit, its reset rounded up to the second, the jitter, and a poll more of the slowest repo
+    time.sleep(3 + 1 + 2 + 1.5)
+    refused = [q for q in forge.requests if q["status"] == 403]
+    assert len(refused) == 1, f"{len(refused)} requests refused: once told, the forge is left alone"
+    firsts = {}
+    for q in forge.head_requests(since=limit_end):
+        firsts.setdefault(q["repo"], q["t"])
+    assert sorted(firsts) == sorted(paths), "every repo asks again after the limit"
+    back = sorted(t - limit_end for t in firsts.values())
+    assert back[0] >= -0.05, f"a repo asked before the reset: {back}"
+    assert back[-1] - back[0] >= 0.5, f"the repos came back together: {[round(b, 2) for b in back]}"
+    assert back[-1] <= 1 + 2 + 1, f"a repo came back late: {[round(b, 2) for b in back]}"
+    assert d.alive() and "Traceback" not in d.log()
+    assert d.stop() == 0
