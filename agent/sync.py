@@ -64,17 +64,18 @@ def sync_repo(spec, source, memo: Memo, trigger: str, secrets=(), drop_env=(), v
 
 
 def _interrupted_hook(spec, pending, secrets, drop_env):
-    """Run the hook of a move that an earlier run made but did not see through; None when there is none."""
+    """Run the hook of a move that an earlier run made but did not see through; None when there is none.
+
+    A note that leads to nothing is left for sync_repo, which removes it after every check.
+    """
     m = pending.read()
     if m is None:
-        pending.clear()
         return None
     local = None
     if spec.on_change and place_of(spec.path) is Place.CHECKOUT:
         local, _ = Checkout(spec.path, secrets).read_head()
     # A clone (no old head) that is there, or the very commit the move was going to: the move happened.
     if local is None or (m.get("old") is not None and local != m.get("new")):
-        pending.clear()
         return None
     shas, extra = f"{short(m.get('old'))}..{short(local)}", {"repo": spec.name, "trigger": m["trigger"]}
     if m.get("retried"):
@@ -82,7 +83,6 @@ def _interrupted_hook(spec, pending, secrets, drop_env):
         # otherwise run at every start.
         log.warning("%s: the on_change hook for %s was cut off twice (the agent was stopped while it ran); "
                     "not running it again", spec.name, shas, extra=extra)
-        pending.clear()
         return None
     log.warning("%s: the on_change hook for %s did not finish (the agent was stopped); running it now",
                 spec.name, shas, extra=extra)
