@@ -148,7 +148,7 @@ def _start_listener(agent, config, fatal=True):
 
     if config.webhook is None or config.webhook.port is None:
         return None
-    if not config.webhook.secret:
+    if config.webhook.insecure_no_secret and not config.webhook.secret and not all(r.secret for r in config.repos):
         log.warning("webhook listener without a secret (insecure_no_secret = true): anyone who can reach "
                     "it can ask for checks")
     try:
@@ -329,7 +329,8 @@ def cmd_validate(config, args) -> int:
         when = first[0].astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z") if first else "never"
         print(f"  {spec.name}: {src} branch {spec.branch or '(default)'} -> {spec.path}")
         print(f"      {spec.describe_schedule}, mode {spec.mode}; first check at start, next run {when}"
-              + (f"; on_change {_show_hook(spec.on_change)}" if spec.on_change else ""))
+              + (f"; on_change {_show_hook(spec.on_change)}" if spec.on_change else "")
+              + ("; its own webhook secret" if spec.secret else ""))
     return 0
 
 

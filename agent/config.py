@@ -108,6 +108,7 @@ class Config:
         """Every secret value the agent holds, for redaction."""
         vals = [f.token for f in self.forges.values()] + [self.github.token]
         vals.append(self.webhook.secret if self.webhook else None)
+        vals += [r.secret for r in self.repos]
         vals += [u for t in self.notify for u in t.urls]
         return tuple(v for v in vals if v)
 
@@ -220,10 +221,16 @@ def load_config(path: str, environ=None) -> Config:
     forges = {k: _load_forge(p, k, tables[k], base, env) for k in FORGE_APIS}
     relays = _load_relay(p, data.get("relay"))
     webhook = _load_webhook(p, tables["webhook"], base, env, bool(relays)) if "webhook" in data else None
-    if relays and webhook is None:
+    repos = _load_repos(p, data.get("repos"), base, agent, env)
+    # every repo names a secret of its own (a problem with one is reported at that repo)
+    raw = data.get("repos") if isinstance(data.get("repos"), list) else []
+    own = bool(raw) and all(isinstance(r, dict) and ("secret_env" in r or "secret_file" in r) for r in raw)
+    if webhook is not None and not (webhook.secret_env or webhook.secret_file or webhook.insecure_no_secret or own):
+        p.add("webhook.secret_env", "a webhook secret is required (secret_env or secret_file, here or in every "
+                                    "repo), or insecure_no_secret = true")
+    if relays and webhook is None and not own:
         p.add("relay", "relayed deliveries are verified with the [webhook] secret: add [webhook] with "
                        "secret_env or secret_file (listen is optional), or insecure_no_secret = true")
-    repos = _load_repos(p, data.get("repos"), base, agent)
     for kind in ("gitee", "gitlab", "gitea"):
         users = [r.name for r in repos if r.source == kind]
         if users and not forges[kind].api_url:
@@ -385,12 +392,20 @@ def _load_webhook(p, t, base, env, relays=False) -> Optional[WebhookSettings]:
             p.add(pre + "listen", f"want HOST:PORT like 127.0.0.1:8080, got {listen!r}")
         else:
             host, port = (m.group(1) or "127.0.0.1"), int(m.group(2))
-    senv = _get(p, t, "secret_env", pre + "secret_env", [str], None)
-    sfile = _get(p, t, "secret_file", pre + "secret_file", [str], None)
     insecure = _get(p, t, "insecure_no_secret", pre + "insecure_no_secret", [bool], False)
     max_body = _get(p, t, "max_body", pre + "max_body", [int], 1024 * 1024)
     if not 1024 <= max_body <= 64 * 1024 * 1024:
         p.add(pre + "max_body", f"want 1024 to 67108864 bytes, got {max_body}")
+    # Without any secret: reported by the caller, who knows whether every repo has one of its own.
+    senv, sfile, secret = _load_secret(p, t, pre, base, env, required=not insecure)
+    return WebhookSettings(host=host, port=port, secret_env=senv, secret_file=sfile,
+                           insecure_no_secret=insecure, max_body=max_body, secret=secret)
+
+
+def _load_secret(p, t, pre, base, env, required=True):
+    """(secret_env, secret_file, secret) of a table; a named variable that is unset is a problem if required."""
+    senv = _get(p, t, "secret_env", pre + "secret_env", [str], None)
+    sfile = _get(p, t, "secret_file", pre + "secret_file", [str], None)
     secret = None
     if senv and sfile:
         p.add(pre + "secret_file", "set secret_env or secret_file, not both")
@@ -399,20 +414,17 @@ def _load_webhook(p, t, base, env, relays=False) -> Optional[WebhookSettings]:
         secret = _read_secret_file(p, pre + "secret_file", sfile)
     elif senv:
         secret = env.get(senv) or None
-        if not secret and not insecure:
+        if not secret and required:
             p.add(pre + "secret_env", f"${senv} is not set (the listener refuses to start without a secret)")
-    elif not insecure:
-        p.add(pre + "secret_env", "a webhook secret is required (secret_env or secret_file), "
-                                  "or insecure_no_secret = true")
-    return WebhookSettings(host=host, port=port, secret_env=senv, secret_file=sfile,
-                           insecure_no_secret=insecure, max_body=max_body, secret=secret)
+    return senv, sfile, secret
 
 
-REPO_KEYS = {"name", "branch", "path", "url", "every", "schedule", "mode", "on_change", "hook_timeout", *FORGE_APIS}
+REPO_KEYS = {"name", "branch", "path", "url", "every", "schedule", "mode", "on_change", "hook_timeout",
+             "secret_env", "secret_file", *FORGE_APIS}
 GITLAB_PATH_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")
 
 
-def _load_repos(p, repos, base, agent) -> tuple:
+def _load_repos(p, repos, base, agent, env) -> tuple:
     if repos is None:
         p.add("repos", "no [[repos]] entries: nothing to sync")
         return ()
@@ -421,7 +433,7 @@ def _load_repos(p, repos, base, agent) -> tuple:
         return ()
     out, names, paths = [], {}, {}
     for i, r in enumerate(repos):
-        spec = _load_repo(p, r, f"repos[{i}]", base, agent)
+        spec = _load_repo(p, r, f"repos[{i}]", base, agent, env)
         if spec is None:
             continue
         if spec.name in names:
@@ -434,7 +446,7 @@ def _load_repos(p, repos, base, agent) -> tuple:
     return tuple(out)
 
 
-def _load_repo(p, r, pre, base, agent) -> Optional[RepoSpec]:
+def _load_repo(p, r, pre, base, agent, env) -> Optional[RepoSpec]:
     n0 = len(p.items)
     _unknown(p, r, REPO_KEYS, pre + ".")
     kinds = [k for k in FORGE_APIS if k in r]
@@ -495,11 +507,12 @@ def _load_repo(p, r, pre, base, agent) -> Optional[RepoSpec]:
     timeout = _get(p, r, "hook_timeout", pre + ".hook_timeout", [int, float], 300)
     if not 0 < timeout <= 86400:
         p.add(pre + ".hook_timeout", f"want seconds between 0 and 86400, got {timeout}")
+    senv, sfile, secret = _load_secret(p, r, pre + ".", base, env)
     if len(p.items) > n0:
         return None
     return RepoSpec(name=name, path=_resolve_path(base, path), source=source, slug=slug,
                     branch=branch, url=url, every=every, schedule=schedule, mode=mode, on_change=hook,
-                    hook_timeout=float(timeout))
+                    hook_timeout=float(timeout), secret_env=senv, secret_file=sfile, secret=secret)
 
 
 def _valid_branch(b: str) -> bool:

@@ -54,6 +54,7 @@ def drop_env(config) -> tuple:
     names = [f.token_env for f in config.forges.values()] + [config.github.token_env, "GITHUB_TOKEN"]
     if config.webhook:
         names.append(config.webhook.secret_env)
+    names += [r.secret_env for r in config.repos]
     names += [t.urls_env for t in config.notify]
     return tuple(n for n in names if n)
 
@@ -193,9 +194,10 @@ class Agent:
 
     def _make_app(self):
         """The delivery handler shared by the listener and the relays (one replay memory)."""
-        secret = self.config.webhook.secret if self.config.webhook else None
-        return WebhookApp(secret, lambda: self.config.repos, self.branch_of,
-                          lambda name, trigger, after=None: self.nudge(name, trigger, True, after))
+        wh = self.config.webhook
+        return WebhookApp(wh.secret if wh else None, lambda: self.config.repos, self.branch_of,
+                          lambda name, trigger, after=None: self.nudge(name, trigger, True, after),
+                          insecure=bool(wh and wh.insecure_no_secret))
 
     def branch_of(self, spec):
         """The branch a repo follows: configured, or the default branch once learnt."""

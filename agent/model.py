@@ -31,6 +31,10 @@ class RepoSpec:
     mode: str = "ff-only"
     on_change: Union[None, str, tuple] = None
     hook_timeout: float = 300.0
+    # The repo's own webhook secret, instead of [webhook]'s, and where it was read from.
+    secret_env: Optional[str] = None
+    secret_file: Optional[str] = None
+    secret: Optional[str] = field(default=None, repr=False)
 
     @property
     def describe_schedule(self) -> str:

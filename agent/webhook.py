@@ -194,27 +194,46 @@ class WebhookApp:
 
     `nudge(name, trigger, after)` asks the agent for a check of a repo; `after` is the head the
     verified delivery announced, or None.
+
+    Each repo's deliveries are verified with its own secret when it names one, else with the
+    [webhook] secret; a delivery moves only repos whose secret it proves it knows. `insecure`
+    (insecure_no_secret): repos with no secret at all take unsigned deliveries.
     """
 
-    def __init__(self, secret: Optional[str], repos_fn, branch_of, nudge, clock=time.time):
+    def __init__(self, secret: Optional[str], repos_fn, branch_of, nudge, clock=time.time, insecure=None):
         self.secret = secret.encode() if secret else None
+        self.insecure = self.secret is None if insecure is None else insecure
         self.repos_fn = repos_fn
         self.branch_of = branch_of
         self.nudge = nudge
         self.clock = clock
         self.replays = ReplayGuard()
 
+    def key_of(self, spec) -> Optional[bytes]:
+        """The secret a delivery about this repo must prove it knows (None: unsigned is accepted)."""
+        own = getattr(spec, "secret", None)
+        return own.encode() if own else self.secret
+
     def handle(self, headers: dict, body: bytes, trigger: str = "webhook", bodies=None) -> Answer:
-        """headers: lower-cased names. Nothing is parsed before the delivery proves it knows the secret.
+        """headers: lower-cased names. Nothing is parsed before the delivery proves it knows a secret.
 
         bodies: other renderings of the same body to try the signature on (a relay that re-serialised it).
         """
         forge = forge_of(headers)
-        if self.secret is not None:
-            problems = [authentic(forge, self.secret, headers, b, self.clock() * 1000) for b in [body, *(bodies or ())]]
-            if all(problems):
-                return Answer(401, {"error": problems[0]}, "rejected")
-            body = [body, *(bodies or ())][problems.index(None)]
+        repos = self.repos_fn()
+        keys = list(dict.fromkeys(k for k in [self.secret, *map(self.key_of, repos)] if k))
+        key, problem = None, None
+        for k in keys:
+            for rendering in [body, *(bodies or ())]:
+                why = authentic(forge, k, headers, rendering, self.clock() * 1000)
+                if why is None:
+                    key, body = k, rendering
+                    break
+                problem = problem or why
+            if key is not None:
+                break
+        if key is None and not self.insecure:
+            return Answer(401, {"error": problem or "no webhook secret configured"}, "rejected")
         event = event_of(forge, headers)
         try:
             d = parse_delivery(event, body, forge)
@@ -227,10 +246,14 @@ class WebhookApp:
             return Answer(200, {"ok": "pong", "ignored": "ping"}, "ignored")
         if event != "push":
             return Answer(200, {"ignored": f"event {event!r} is not a push"}, "ignored")
-        names = route_push(d, self.repos_fn(), self.branch_of)
+        names = route_push(d, repos, self.branch_of)
         if not names:
             return Answer(200, {"ignored": "no configured repo follows this repository and branch"}, "ignored")
-        after = d.after if self.secret is not None else None  # an unverified body is no evidence
+        by_name = {r.name: r for r in repos}
+        names = [n for n in names if self.key_of(by_name[n]) == key]
+        if not names:  # signed, but with another repo's secret (or unsigned, for a repo that has one)
+            return Answer(401, {"error": "the delivery is not signed with this repository's secret"}, "rejected")
+        after = d.after if key is not None else None  # an unverified body is no evidence
         for n in names:
             self.nudge(n, trigger, after)
         return Answer(202, {"nudged": names}, "nudged")

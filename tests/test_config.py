@@ -4,6 +4,7 @@ import re
 import pytest
 
 from agent.config import load_config, parse_duration
+from agent.errors import ConfigError
 
 GOOD_HEAD = """\
 [agent]
@@ -13,6 +14,7 @@ state_dir = "state"
 api_url = "http://127.0.0.1:9/api/v3"
 """
 
+GOOD_REPO_LINES = 'name = "plain"\ngithub = "acme/plain"\npath = "checkouts/plain"'
 GOOD_REPO = """
 [[repos]]
 name = "demo"
@@ -165,3 +167,35 @@ def test_parse_duration_reads_intervals(text, seconds):
 def test_parse_duration_rejects_other_text(text):
     """Anything that is not such an interval is None, not a guess."""
     assert parse_duration(text) is None
+
+
+def test_repo_webhook_secrets(write_config, tmp_path):
+    """A repo may name its own webhook secret (secret_env or secret_file, as in [webhook]). When every repo
+    has one, [webhook] needs none; otherwise it still does. A named variable that is unset is an error."""
+    listen = '\n[webhook]\nlisten = "127.0.0.1:8787"\n'
+    own = 'github = "acme/demo"\npath = "co"\nsecret_env = "DEMO_SECRET"'
+    (tmp_path / "other.secret").write_text("from-a-file\n")
+    other = 'name = "other"\ngithub = "acme/other"\npath = "co2"\nsecret_file = "other.secret"'
+    path = write_config(config_text(own, other) + listen)
+    config = load_config(str(path), environ={"DEMO_SECRET": "s3cret"})
+    assert [r.secret for r in config.repos] == ["s3cret", "from-a-file"]
+    assert config.webhook.secret is None and {"s3cret", "from-a-file"} <= set(config.secrets())
+    assert "s3cret" not in repr(config.repos[0])
+
+    def refused(text, environ):
+        with pytest.raises(ConfigError) as e:
+            load_config(str(write_config(text, name="bad.toml")), environ=environ)
+        return e.value.problems
+
+    # one repo without a secret of its own: the [webhook] table needs one again
+    assert [p.split(": ", 2)[1] for p in refused(config_text(own, GOOD_REPO_LINES) + listen,
+                                                  {"DEMO_SECRET": "x"})] == ["webhook.secret_env"]
+    assert [p.split(": ", 2)[1] for p in refused(config_text(own) + listen, {})] == ["repos[0].secret_env"]
+    both = own + '\nsecret_file = "other.secret"'
+    assert [p.split(": ", 2)[1] for p in refused(config_text(both) + listen, {"DEMO_SECRET": "x"})] == [
+        "repos[0].secret_file"]
+    # a relay with no [webhook] table is fine when every repo verifies its own deliveries
+    relayed = config_text(own) + '\n[relay]\nurl = "https://smee.io/abc"\n'
+    assert load_config(str(write_config(relayed, name="relay.toml")), environ={"DEMO_SECRET": "x"}).relays
+    assert [p.split(": ", 2)[1] for p in refused(config_text(GOOD_REPO_LINES) + '\n[relay]\nurl = "https://smee.io/a"\n',
+                                                  {})] == ["relay"]

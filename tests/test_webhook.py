@@ -120,6 +120,42 @@ def test_app_checks_signature_before_parsing_and_replay():
     assert nudged == ["demo"]
 
 
+def test_a_repo_with_its_own_secret_takes_only_deliveries_signed_with_it():
+    """Repo `own` names its own secret, `shared` uses the [webhook] one: each takes only deliveries signed with
+    its secret, whichever secret the sender knows; ping and other events verify with either."""
+    nudged = []
+    repos = [spec("own", "acme/own", secret="own-secret"), spec("shared", "acme/shared")]
+    app = WebhookApp(SECRET, lambda: repos, lambda s: s.branch, lambda name, *args, **kw: nudged.append(name))
+
+    def post(full_name, secret, event="push"):
+        body = push_body(full_name, after="a" * 40)
+        headers = {"x-github-event": event, "x-github-delivery": str(uuid.uuid4())}
+        if secret:
+            headers["x-hub-signature-256"] = sign(secret, body)
+        ans = app.handle(headers, body)
+        return ans.status, ans.doc
+
+    assert post("acme/own", "own-secret") == (202, {"nudged": ["own"]})
+    assert post("acme/shared", SECRET) == (202, {"nudged": ["shared"]})
+    assert post("acme/own", SECRET)[0] == 401  # the shared secret does not reach a repo with its own
+    assert post("acme/shared", "own-secret")[0] == 401  # nor one repo's secret another repo
+    assert post("acme/own", "wrong")[0] == 401 and post("acme/own", None)[0] == 401
+    assert post("acme/other", "own-secret")[0] == 200  # verified, about no configured repo: ignored
+    assert post("acme/own", "own-secret", event="ping")[0] == 200
+    assert nudged == ["own", "shared"]
+
+    # insecure_no_secret and no [webhook] secret: unsigned deliveries reach only repos without a secret
+    app = WebhookApp(None, lambda: repos, lambda s: s.branch, lambda name, *args, **kw: nudged.append(name),
+                     insecure=True)
+    assert post("acme/shared", None) == (202, {"nudged": ["shared"]})
+    assert post("acme/own", None)[0] == 401
+    assert post("acme/own", "own-secret") == (202, {"nudged": ["own"]})
+    # no [webhook] secret, not insecure (every repo has its own): unsigned is refused
+    app = WebhookApp(None, lambda: repos[:1], lambda s: s.branch, lambda name, *args, **kw: nudged.append(name),
+                     insecure=False)
+    assert post("acme/own", None)[0] == 401
+
+
 # ---------------------------------------------------------------------------------------------
 # the daemon
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +230,7 @@ class Hooked:
 def hooked(tmp_path, forge, remote, write_config, daemon, agent_env, cli):
     """Factory: start(secret=SECRET, webhook={}, repo={}) -> Hooked, after the daemon's first check."""
 
-    def start(secret=SECRET, webhook=None, repo=None):
+    def start(secret=SECRET, webhook=None, repo=None, extra_env=None):
         r = remote("Demo")
         path = tmp_path / "checkouts" / "demo"
         path.parent.mkdir(exist_ok=True)
@@ -207,7 +243,7 @@ def hooked(tmp_path, forge, remote, write_config, daemon, agent_env, cli):
             "webhook": wh,
             "repos": [{"name": r.name, "github": r.full_name, "branch": "main", "path": str(path), "every": "1h",
                        **(repo or {})}]})
-        env = dict(agent_env, FORGE_TOKEN=TOKEN)
+        env = dict(agent_env, FORGE_TOKEN=TOKEN, **(extra_env or {}))
         if secret:
             env["HOOK_SECRET"] = secret
         d = daemon(config, env=env)
@@ -559,6 +595,35 @@ def test_insecure_no_secret_accepts_unsigned_pushes(hooked):
     wait_until(lambda: h.head() == new, 10, what="the checkout at the pushed commit")
     # a signature, right or wrong, is beside the point without a secret; the body still must be JSON
     assert h.deliver(b"not json", secret=None).status == 400
+
+
+OWN_SECRET = "repo-Own-Secret-3Kd8-never-shown"
+
+
+def test_repo_with_its_own_secret(hooked, tmp_path):
+    """A repo that names its own secret (`secret_env` in its table): a push signed with the [webhook] secret is
+    401 and asks nothing; one signed with the repo's secret moves the checkout. The hook does not inherit
+    that variable, and the secret shows in no log line or answer."""
+    envfile = tmp_path / "hook-env.txt"
+    h = hooked(repo={"secret_env": "DEMO_HOOK_SECRET", "on_change": f"env > '{envfile}'"},
+               extra_env={"DEMO_HOOK_SECRET": OWN_SECRET})
+    old = h.head()
+    new = h.remote.pusher.commit()
+    body = h.push_delivery(new, before=old)
+    mark = time.monotonic()
+    r = h.deliver(body)  # signed with the [webhook] secret
+    assert r.status == 401, r.text
+    quiet_period(h, mark, old)
+    r = h.deliver(body, secret=OWN_SECRET)
+    assert (r.status, r.json()) == (202, {"nudged": ["Demo"]}), r.text
+    wait_until(lambda: h.head() == new, 10, what="the checkout at the pushed commit")
+    wait_until(envfile.exists, 10, what="the hook")
+    assert "DEMO_HOOK_SECRET" not in envfile.read_text() and OWN_SECRET not in envfile.read_text()
+    done = h.cli("validate")
+    assert done.returncode == 0 and "its own webhook secret" in done.output, done.output
+    for text in (h.daemon.log(), h.client.all_text(), "\n".join(h.extra_texts)):
+        assert OWN_SECRET not in text
+    h.assert_secret_kept()
 
 
 STATUS_KEYS = {"name", "branch", "source", "path", "local_sha", "remote_sha", "last_check", "last_result",
