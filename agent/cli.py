@@ -148,7 +148,8 @@ def _start_listener(agent, config, fatal=True):
 
     if config.webhook is None or config.webhook.port is None:
         return None
-    if config.webhook.insecure_no_secret and not config.webhook.secret and not all(r.secret for r in config.repos):
+    app = agent.webhook_app
+    if app.insecure and any(app.key_of(r) is None for r in config.repos):
         log.warning("webhook listener without a secret (insecure_no_secret = true): anyone who can reach "
                     "it can ask for checks")
     try:

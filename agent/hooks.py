@@ -87,9 +87,7 @@ class PendingHook:
             with open(self.path) as f:
                 m = json.load(f)
             return m if isinstance(m, dict) and isinstance(m.get("trigger"), str) else None
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):  # unreadable or half-written: nothing to go on
+        except (OSError, ValueError):  # none (the usual case), unreadable or half-written: nothing to go on
             return None
 
     def clear(self):

@@ -222,16 +222,7 @@ class WebhookApp:
         forge = forge_of(headers)
         repos = self.repos_fn()
         keys = list(dict.fromkeys(k for k in [self.secret, *map(self.key_of, repos)] if k))
-        key, problem = None, None
-        for k in keys:
-            for rendering in [body, *(bodies or ())]:
-                why = authentic(forge, k, headers, rendering, self.clock() * 1000)
-                if why is None:
-                    key, body = k, rendering
-                    break
-                problem = problem or why
-            if key is not None:
-                break
+        key, body, problem = self._verify(forge, headers, [body, *(bodies or ())], keys)
         if key is None and not self.insecure:
             return Answer(401, {"error": problem or "no webhook secret configured"}, "rejected")
         event = event_of(forge, headers)
@@ -257,6 +248,19 @@ class WebhookApp:
         for n in names:
             self.nudge(n, trigger, after)
         return Answer(202, {"nudged": names}, "nudged")
+
+
+    def _verify(self, forge, headers, renderings, keys):
+        """(the key it verified with, the rendering that verified, None), or (None, the body as sent, the
+        first reason it did not)."""
+        problem = None
+        for k in keys:
+            for rendering in renderings:
+                why = authentic(forge, k, headers, rendering, self.clock() * 1000)
+                if why is None:
+                    return k, rendering, None
+                problem = problem or why
+        return None, renderings[0], problem
 
 
 def _short(e) -> str:
